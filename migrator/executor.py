@@ -1,0 +1,349 @@
+"""Carries out one queued migration and records what really happened.
+
+Order: claim the row, re-run the pre-checks, create destination images,
+migrate (sampling progress), then find out where the VM actually runs and
+record that. A failure anywhere leaves the VM running on its source, nothing
+paused on the destination, no image we created left behind, and a record that
+says so (R17).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from functools import partial
+from typing import Any
+
+from django.db import close_old_connections, transaction
+
+from hosts import gateway, inventory
+from hosts.models import Host, VirtualMachine
+
+from . import live
+from .models import Migration, MigrationState
+from .prechecks import run_prechecks
+
+log = logging.getLogger(__name__)
+
+
+def queue_migration(
+    *,
+    vm: VirtualMachine,
+    destination: Host,
+    parameters: dict[str, Any],
+    report,
+    user,
+    client_address=None,
+    prediction: dict | None = None,
+) -> Migration:
+    """Create the row and enqueue its job when the transaction commits. The
+    database constraint turns a double submit into an IntegrityError."""
+    from .jobs import enqueue_migration
+
+    with transaction.atomic():
+        migration = Migration.objects.create(
+            vm=vm,
+            vm_uuid=vm.uuid,
+            vm_name=vm.name,
+            vm_memory_kib=vm.memory_kib,
+            vm_vcpus=vm.vcpus,
+            source=vm.host,
+            source_name=vm.host.name,
+            source_uri=vm.host.uri,
+            destination=destination,
+            destination_name=destination.name,
+            destination_uri=destination.uri,
+            storage_class=vm.storage_class,
+            started_by=user if getattr(user, "pk", None) else None,
+            started_by_username=getattr(user, "username", "") or "",
+            client_address=client_address,
+            parameters=parameters,
+            precheck_report=report.as_list() if report is not None else [],
+            prediction=prediction or {},
+        )
+        migration.log("queued", f"Queued by {migration.started_by_username or 'system'}.")
+        transaction.on_commit(lambda: enqueue_migration(migration.pk))
+    live.publish_state(migration)
+    return migration
+
+
+def build_spec(migration: Migration, destination: Host) -> gateway.MigrationSpec:
+    p = migration.parameters
+    copy_storage = bool(p.get("disks"))
+    migrate_uri = ""
+    if destination.migration_address:
+        host = destination.migration_address
+        migrate_uri = f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
+    return gateway.MigrationSpec(
+        dconnuri=destination.effective_peer_uri,
+        migrate_uri=migrate_uri,
+        bandwidth_mib_s=int(p.get("bandwidth_mib_s") or 0),
+        max_downtime_ms=p.get("max_downtime_ms"),
+        auto_converge=bool(p.get("auto_converge")),
+        copy_storage=copy_storage,
+        migrate_disks=list(p.get("disks") or []),
+        compression=p.get("compression") or "",
+        compression_level=p.get("compression_level"),
+        compression_threads=p.get("compression_threads"),
+        decompression_threads=p.get("decompression_threads"),
+        parallel_connections=int(p.get("parallel_connections") or 0),
+        tls=bool(p.get("tls")),
+        persistent_dest=bool(p.get("persistent_dest", True)),
+        undefine_source=bool(p.get("undefine_source", True)),
+        unsafe=bool(p.get("unsafe")),
+        pin_cpus=p.get("pin_cpus") or "",
+        pin_with_migration_param=bool(p.get("pin_cpus"))
+        and hasattr(gateway.libvirt, "VIR_MIGRATE_PARAM_MIGRATION_PIN"),
+        timeout_s=p.get("timeout_s"),
+        timeout_action=p.get("timeout_action") or "",
+    )
+
+
+class Executor:
+    def __init__(self, migration: Migration) -> None:
+        self.migration = migration
+        self.created_images: list[str] = []
+
+    def run(self) -> Migration:
+        m = self.migration
+        if not m.claim(os.getpid(), socket.gethostname()):
+            return m
+        live.publish_state(m)
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - the record must say what happened, whatever it was
+            log.exception("migration %s crashed", m.pk)
+            self._settle_failure(gateway.GatewayError(f"Internal error in the worker: {exc}"))
+        finally:
+            m.refresh_from_db()
+            live.publish_state(m)
+            self._refresh_inventory()
+        return m
+
+    # ------------------------------------------------------------ phases
+
+    def _run(self) -> None:
+        m = self.migration
+        source, destination = m.source, m.destination
+        if source is None or destination is None or m.vm is None:
+            m.fail(
+                "The host or VM was removed from the dashboard before the migration started.", vm_location=m.source_name
+            )
+            return
+        report = run_prechecks(m.vm, source, destination, m.parameters, exclude_migration=m.pk)
+        m.log("prechecks", report.summary())
+        if not report.ok:
+            Migration.objects.filter(pk=m.pk).update(precheck_report=report.as_list())
+            m.fail(
+                f"Pre-checks failed just before migrating: {report.summary()}",
+                vm_location=source.name,
+                note="Nothing was changed; the VM keeps running on the source.",
+            )
+            return
+        if self._cancel_requested():
+            m.mark_cancelled(vm_location=source.name, note="Cancelled before copying started; the VM was not touched.")
+            return
+        self._create_images(destination)
+        spec = build_spec(m, destination)
+        run = gateway.MigrationRun(
+            source.uri,
+            m.vm_uuid,
+            spec,
+            on_sample=self._on_sample,
+            should_abort=self._cancel_requested,
+        )
+        m.log("migrating", f"migrateToURI3 to {spec.dconnuri} (flags {spec.flags()}).")
+        try:
+            outcome = run.run()
+        finally:
+            # The monitor thread used its own database connection.
+            close_old_connections()
+        Migration.objects.filter(pk=m.pk).update(
+            applied_parameters={
+                **outcome.applied,
+                "pin_mode": outcome.pin_mode,
+                "timeout_action_taken": outcome.timeout_action_taken,
+                "compression": spec.compression or None,
+            }
+        )
+        m.refresh_from_db()
+        if outcome.completed:
+            self._settle_success(run, outcome)
+        elif run.aborted and m.state == MigrationState.CANCELLING:
+            self._settle_failure(outcome.error, cancelled=True)
+        else:
+            if outcome.timeout_action_taken == "abort":
+                note = f"Timeout of {spec.timeout_s} s reached: aborted as requested."
+                self._settle_failure(outcome.error, note=note)
+            else:
+                self._settle_failure(outcome.error)
+
+    def _on_sample(self, stats: dict[str, Any]) -> None:
+        read_at = time.time()
+        sample = self.migration.progress(stats)
+        live.publish_sample(self.migration, sample.as_dict(), read_at)
+
+    def _cancel_requested(self) -> bool:
+        return Migration.objects.filter(pk=self.migration.pk, state=MigrationState.CANCELLING).exists()
+
+    def _create_images(self, destination: Host) -> None:
+        m = self.migration
+        if not m.parameters.get("disks") or not m.parameters.get("create_images", True):
+            return
+        chosen = set(m.parameters["disks"])
+        for disk in m.vm.disks:
+            if disk["target"] not in chosen:
+                continue
+            gateway.create_volume(
+                destination.uri, disk["source"], disk.get("format") or "raw", int(disk.get("capacity_bytes") or 0)
+            )
+            self.created_images.append(disk["source"])
+            m.log(
+                "image",
+                f"Created {disk['source']} ({disk.get('format')}, {disk.get('capacity_bytes')} bytes) "
+                f"on {destination.name}.",
+            )
+
+    # ------------------------------------------------------------ outcomes
+
+    def _settle_success(self, run: gateway.MigrationRun, outcome: gateway.MigrationOutcome) -> None:
+        m = self.migration
+        stats = {}
+        try:
+            stats = gateway.completed_job_stats(m.destination_uri, m.vm_uuid)
+        except gateway.GatewayError:
+            pass
+        final = {**outcome.stats, **stats} if stats else outcome.stats
+        final.pop("type", None)
+        notes = []
+        if outcome.timeout_action_taken == "suspend":
+            notes.append("The timeout suspended the VM so the copy could finish; the downtime includes that pause.")
+        elif outcome.timeout_action_taken == "postcopy":
+            notes.append("The timeout switched the migration to post-copy.")
+        if outcome.pin_mode == "emulator":
+            try:
+                run.restore_pin_on(m.destination_uri)
+                notes.append(
+                    "Migration threads ran pinned to CPUs "
+                    f"{m.parameters.get('pin_cpus')} (emulator pinning); the pin was removed on the destination."
+                )
+            except gateway.GatewayError as error:
+                notes.append(f"Could not remove the emulator pin on the destination: {error.message}")
+        state = self._safe(lambda: gateway.vm_state(m.destination_uri, m.vm_uuid))
+        notes.append(f"The VM is {state or 'not found'} on {m.destination_name}.")
+        m.finish(final, note=" ".join(notes))
+
+    def _settle_failure(self, error, *, cancelled: bool = False, note: str = "") -> None:
+        """Find where the VM is, clean the destination, and record it truthfully."""
+        m = self.migration
+        on_source = self._safe(lambda: gateway.vm_state(m.source_uri, m.vm_uuid))
+        on_dest = self._safe(lambda: gateway.vm_state(m.destination_uri, m.vm_uuid))
+        if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
+            # libvirt reported an error after the switch-over: the VM moved.
+            stats = self._safe(lambda: gateway.completed_job_stats(m.destination_uri, m.vm_uuid)) or {}
+            m.finish(
+                stats,
+                note=f"libvirt reported '{error}' after the switch-over, but the VM runs on {m.destination_name}.",
+            )
+            return
+        notes = [note] if note else []
+        if on_dest is not None and on_dest not in gateway.RUNNING_STATES:
+            if self._safe(lambda: gateway.destroy_leftover(m.destination_uri, m.vm_uuid)):
+                notes.append(f"Removed the paused copy left on {m.destination_name}.")
+        for path in self.created_images:
+            if self._safe(lambda p=path: gateway.delete_volume(m.destination_uri, p) or True):
+                notes.append(f"Deleted {path} created on {m.destination_name}.")
+        if on_source == "paused":
+            # A suspend-on-timeout that then failed must not leave the guest paused.
+            self._safe(lambda: gateway.resume_vm(m.source_uri, m.vm_uuid))
+            on_source = self._safe(lambda: gateway.vm_state(m.source_uri, m.vm_uuid))
+        if on_source in gateway.RUNNING_STATES:
+            notes.append(f"The VM is still running on {m.source_name}.")
+            location = m.source_name
+        else:
+            notes.append(
+                f"Warning: the VM is {on_source or 'not found'} on {m.source_name} and "
+                f"{on_dest or 'not found'} on {m.destination_name}; check it by hand."
+            )
+            location = "unknown"
+        if cancelled:
+            m.mark_cancelled(vm_location=location, note=" ".join(notes))
+        else:
+            m.fail(error, vm_location=location, note=" ".join(notes))
+
+    def _safe(self, fn):
+        try:
+            return fn()
+        except gateway.GatewayError as error:
+            log.warning("migration %s: %s", self.migration.pk, error)
+            return None
+
+    def _refresh_inventory(self) -> None:
+        m = self.migration
+        for host in (m.source, m.destination):
+            if host is not None:
+                try:
+                    inventory.refresh_vm(host, m.vm_uuid)
+                except gateway.GatewayError:
+                    pass
+
+
+# ------------------------------------------------------------ reconciliation
+
+
+def _worker_alive(m: Migration) -> bool:
+    if m.worker_host and m.worker_host != socket.gethostname():
+        # Another machine's worker: that machine's reconciler settles it.
+        return True
+    if not m.worker_pid:
+        return False
+    try:
+        os.kill(m.worker_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reconcile(wait_s: float = 600) -> list[Migration]:
+    """Finish records whose worker died mid-migration.
+
+    Killing the client does not stop a peer-to-peer migration: the job goes
+    on inside the source libvirtd. Ask the source for it, abort it if a cancel
+    was requested (otherwise let it end), then record where the VM runs.
+    """
+    settled = []
+    for m in Migration.objects.filter(state__in=[MigrationState.RUNNING, MigrationState.CANCELLING]):
+        if _worker_alive(m):
+            continue
+        m.log("reconcile", f"Worker {m.worker_pid}@{m.worker_host} is gone; asking {m.source_name} for the job.")
+        executor = Executor(m)
+        try:
+            deadline = time.monotonic() + wait_s
+            while gateway.active_job(m.source_uri, m.vm_uuid):
+                if m.state == MigrationState.CANCELLING or time.monotonic() > deadline:
+                    gateway.abort_job(m.source_uri, m.vm_uuid)
+                time.sleep(0.5)
+                m.refresh_from_db()
+        except gateway.GatewayError as error:
+            log.warning("reconcile %s: %s", m.pk, error)
+        on_source = executor._safe(partial(gateway.vm_state, m.source_uri, m.vm_uuid))
+        on_dest = executor._safe(partial(gateway.vm_state, m.destination_uri, m.vm_uuid))
+        if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
+            stats = executor._safe(partial(gateway.completed_job_stats, m.destination_uri, m.vm_uuid)) or {}
+            m.finish(
+                stats,
+                note="The worker died, but the migration completed inside libvirt; "
+                f"the VM runs on {m.destination_name}.",
+            )
+        else:
+            error = gateway.GatewayError("The worker running this migration died; the migration did not complete.")
+            executor._settle_failure(error, cancelled=m.state == MigrationState.CANCELLING)
+        m.refresh_from_db()
+        live.publish_state(m)
+        executor._refresh_inventory()
+        settled.append(m)
+    return settled

@@ -1,0 +1,227 @@
+"""The migration form: every parameter of the guide (R9–R15) with a sane
+default, validated together in `clean()`, then checked against the live hosts
+(pre-checks). The browser wizard and `manage.py migrate_vm` both use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from hosts import gateway
+from hosts.inventory import disk_verdicts
+from hosts.models import Host, StorageClass, VirtualMachine
+
+from .prechecks import Report, run_prechecks
+
+TIMEOUT_ACTIONS = [
+    ("suspend", "Suspend the VM so the copy finishes (the guide's --timeout)"),
+    ("postcopy", "Switch to post-copy (the VM runs on the destination at once)"),
+    ("abort", "Abort: the VM keeps running on the source"),
+]
+COMPRESSION_LABELS = {
+    "": "None",
+    "xbzrle": "xbzrle (delta encoding of re-dirtied pages)",
+    "mt": "mt (multi-threaded zlib)",
+    "zlib": "zlib (multifd; needs parallel connections)",
+    "zstd": "zstd (multifd; needs parallel connections)",
+}
+LEVEL_RANGES = {"mt": (0, 9), "zlib": (1, 9), "zstd": (1, 20)}
+DEFAULT_MAX_DOWNTIME_MS = 500
+
+
+class MigrationForm(forms.Form):
+    destination = forms.ModelChoiceField(queryset=Host.objects.none(), empty_label=None)
+    disks = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Local disks to copy (--copy-storage-all --migrate-disks). Shared, shareable and read-only "
+        "disks cannot be chosen.",
+    )
+    create_images = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Create destination images",
+        help_text="Create each image on the destination with the same format, size and path before copying.",
+    )
+    max_downtime_ms = forms.IntegerField(
+        min_value=1,
+        max_value=600000,
+        initial=DEFAULT_MAX_DOWNTIME_MS,
+        label="Max downtime (ms)",
+        help_text="Longest pause allowed at switch-over (virsh migrate-setmaxdowntime). Larger values converge sooner.",
+    )
+    bandwidth_mib_s = forms.IntegerField(
+        min_value=0,
+        max_value=1000000,
+        initial=0,
+        label="Bandwidth limit (MiB/s)",
+        help_text="0 = unlimited (virsh migrate-setspeed). A cap protects other traffic but slows convergence.",
+    )
+    auto_converge = forms.BooleanField(
+        required=False,
+        help_text="Throttle the guest's vCPUs when memory is dirtied faster than it is sent, so it converges.",
+    )
+    timeout_s = forms.IntegerField(
+        min_value=1,
+        required=False,
+        label="Timeout (s)",
+        help_text="After this many seconds of pre-copy, take the action below. Empty = no timeout.",
+    )
+    timeout_action = forms.ChoiceField(choices=TIMEOUT_ACTIONS, initial="suspend", required=False)
+    compression = forms.ChoiceField(
+        required=False,
+        help_text="Only the methods this host's libvirt and QEMU support are offered.",
+    )
+    compression_level = forms.IntegerField(
+        required=False, initial=1, help_text="mt 0–9, zlib 1–9, zstd 1–20 (default 1)."
+    )
+    compression_threads = forms.IntegerField(
+        required=False, min_value=1, max_value=255, initial=8, help_text="mt only: compression threads (default 8)."
+    )
+    decompression_threads = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=255,
+        initial=2,
+        help_text="mt only: decompression threads on the destination (default 2).",
+    )
+    parallel_connections = forms.IntegerField(
+        min_value=0,
+        max_value=255,
+        initial=0,
+        label="Parallel connections",
+        help_text="0 = single channel. 2 or more = multifd (--parallel): faster on fast links, costs more CPU.",
+    )
+    tls = forms.BooleanField(
+        required=False,
+        label="Encrypt with TLS",
+        help_text="--tls: needs migration certificates on both hosts. Single channel tops out at 100–200 MB/s; "
+        "combine with parallel connections for more.",
+    )
+    pin_cpus = forms.CharField(
+        required=False,
+        label="Pin migration threads to CPUs",
+        help_text="e.g. 0-1. Keeps migration work off the guest's CPUs (the guide suggests 2 CPUs per VM).",
+    )
+    persistent_dest = forms.BooleanField(
+        required=False, initial=True, label="Keep persistent on the destination", help_text="--persistent"
+    )
+    undefine_source = forms.BooleanField(
+        required=False, initial=True, label="Undefine on the source", help_text="--undefinesource"
+    )
+    unsafe = forms.BooleanField(
+        required=False,
+        help_text="--unsafe: skip libvirt's cache-safety check. Only for shared storage libvirt cannot "
+        "recognise; misuse can corrupt disks.",
+    )
+
+    def __init__(self, *args, vm: VirtualMachine, features: gateway.MigrationFeatures | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vm = vm
+        self.source = vm.host
+        self.features = features
+        self.report: Report | None = None
+        self.fields["destination"].queryset = Host.objects.enabled().exclude(pk=self.source.pk)
+        verdicts = disk_verdicts(vm.disks, self.source.prefixes)
+        self.disk_verdicts = verdicts
+        self.fields["disks"].choices = [(v.target, v.target) for v in verdicts if v.migratable]
+        if vm.storage_class == StorageClass.NON_SHARED:
+            self.fields["disks"].initial = [v.target for v in verdicts if v.migratable]
+        methods = features.compression_methods if features else []
+        self.fields["compression"].choices = [("", "None")] + [(m, COMPRESSION_LABELS.get(m, m)) for m in methods]
+        if features and features.max_downtime_ms:
+            self.fields["max_downtime_ms"].help_text += f" Currently set on the VM: {features.max_downtime_ms} ms."
+        if features and features.max_speed_mib_s is not None:
+            current = (
+                "unlimited" if features.max_speed_mib_s in (0, 8796093022207) else f"{features.max_speed_mib_s} MiB/s"
+            )
+            self.fields["bandwidth_mib_s"].help_text += f" Currently set on the VM (migrate-getspeed): {current}."
+        if features and not features.migration_pin:
+            self.fields["pin_cpus"].help_text += (
+                " This host's libvirt has no migration.pin; the QEMU emulator threads are pinned instead for "
+                "the duration of the migration, then restored."
+            )
+
+    def clean_pin_cpus(self) -> str:
+        value = self.cleaned_data.get("pin_cpus", "").strip()
+        if not value:
+            return ""
+        ncpus = int(self.source.info.get("logical_cpus") or 0) or 1
+        try:
+            gateway.parse_cpuset(value, ncpus)
+        except ValueError as exc:
+            raise forms.ValidationError(f"{exc} Write a list such as 0-1 or 0,2.") from None
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        self._clean_combinations(cleaned)
+        if self.errors:
+            return cleaned
+        destination = cleaned.get("destination")
+        if destination is not None:
+            self.report = run_prechecks(self.vm, self.source, destination, self.parameters())
+            for check in self.report.failures:
+                self.add_error(None, f"{check.name}: {check.message}")
+        return cleaned
+
+    def _clean_combinations(self, cleaned: dict[str, Any]) -> None:
+        timeout, action = cleaned.get("timeout_s"), cleaned.get("timeout_action")
+        if timeout and not action:
+            self.add_error("timeout_action", "Choose what happens when the timeout is reached.")
+        if not timeout:
+            cleaned["timeout_action"] = ""
+        method = cleaned.get("compression") or ""
+        parallel = cleaned.get("parallel_connections") or 0
+        if parallel == 1:
+            self.add_error("parallel_connections", "Use 0 for a single channel, or 2 or more for multifd.")
+        if method in ("zlib", "zstd") and parallel < 2:
+            self.add_error(
+                "compression",
+                f"{method} compresses multifd channels: set parallel connections to 2 or more, "
+                "or choose another method.",
+            )
+        if method == "xbzrle" and parallel >= 2:
+            self.add_error("compression", "xbzrle does not work with parallel connections; choose one of the two.")
+        level = cleaned.get("compression_level")
+        if method in LEVEL_RANGES and level is not None:
+            low, high = LEVEL_RANGES[method]
+            if not low <= level <= high:
+                self.add_error("compression_level", f"{method} levels go from {low} to {high}.")
+        if cleaned.get("tls") and not self.source.migration_address:
+            # Not an error: libvirt falls back to the host name for the TLS name check.
+            pass
+        disks = cleaned.get("disks") or []
+        if disks and self.vm.storage_class == StorageClass.SHARED:
+            self.add_error("disks", "This VM is on shared storage; no disk is copied.")
+        if cleaned.get("undefine_source") and not cleaned.get("persistent_dest") and self.vm.persistent:
+            self.add_error(
+                "persistent_dest",
+                "Undefining the source without keeping the VM persistent on the destination would leave it "
+                "defined nowhere; keep one of the two.",
+            )
+
+    def parameters(self) -> dict[str, Any]:
+        """The requested parameters as stored on the Migration row."""
+        data = self.cleaned_data
+        method = data.get("compression") or ""
+        return {
+            "disks": list(data.get("disks") or []),
+            "create_images": bool(data.get("create_images")),
+            "max_downtime_ms": data.get("max_downtime_ms"),
+            "bandwidth_mib_s": data.get("bandwidth_mib_s") or 0,
+            "auto_converge": bool(data.get("auto_converge")),
+            "timeout_s": data.get("timeout_s"),
+            "timeout_action": data.get("timeout_action") or "",
+            "compression": method,
+            "compression_level": data.get("compression_level") if method in LEVEL_RANGES else None,
+            "compression_threads": data.get("compression_threads") if method == "mt" else None,
+            "decompression_threads": data.get("decompression_threads") if method == "mt" else None,
+            "parallel_connections": data.get("parallel_connections") or 0,
+            "tls": bool(data.get("tls")),
+            "pin_cpus": data.get("pin_cpus") or "",
+            "persistent_dest": bool(data.get("persistent_dest")),
+            "undefine_source": bool(data.get("undefine_source")),
+            "unsafe": bool(data.get("unsafe")),
+        }

@@ -1,0 +1,70 @@
+"""Publishes migration progress to the channel layer.
+
+Progress flows one way: libvirt job stats → job → sample row → channel group
+→ consumer → browser. A channel layer that is down must never fail a
+migration, so publishing errors are logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+LIST_GROUP = "migrations"
+
+
+def migration_state(migration) -> dict[str, Any]:
+    """The state part of the JSON shape the page and the socket share."""
+    return {
+        "id": migration.pk,
+        "state": migration.state,
+        "state_display": migration.get_state_display(),
+        "badge": migration.badge,
+        "active": migration.is_active,
+        "vm_name": migration.vm_name,
+        "source_name": migration.source_name,
+        "destination_name": migration.destination_name,
+        "memory_bytes": migration.memory_bytes,
+        "storage_class": migration.storage_class,
+        "started_at": migration.started_at.isoformat() if migration.started_at else None,
+        "finished_at": migration.finished_at.isoformat() if migration.finished_at else None,
+        "total_time_ms": migration.total_time_ms,
+        "downtime_ms": migration.downtime_ms,
+        "data_processed_bytes": migration.data_processed_bytes,
+        "iterations": migration.iterations,
+        "avg_throughput_mib_s": migration.avg_throughput_mib_s,
+        "error_message": migration.error_message,
+        "outcome_note": migration.outcome_note,
+        "vm_location": migration.vm_location,
+        "last_sample": migration.last_sample or None,
+        "prediction": migration.prediction or None,
+        "url": migration.get_absolute_url(),
+    }
+
+
+def _send(group: str, message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, message)
+    except Exception:  # noqa: BLE001 - progress display must not break a migration
+        log.warning("could not publish to %s", group, exc_info=True)
+
+
+def publish_sample(migration, sample: dict[str, Any], read_at: float | None = None) -> None:
+    # read_at (epoch seconds) lets the benchmark measure sample→browser latency.
+    payload = {"type": "migration.sample", "id": migration.pk, "sample": sample, "read_at": read_at or time.time()}
+    _send(migration.group_name, payload)
+    _send(LIST_GROUP, payload)
+
+
+def publish_state(migration) -> None:
+    payload = {"type": "migration.state", "id": migration.pk, "migration": migration_state(migration)}
+    _send(migration.group_name, payload)
+    _send(LIST_GROUP, payload)

@@ -1,0 +1,429 @@
+"""Migration records: the state machine, the live samples and the audit log.
+
+A Migration row owns its state changes (`claim`, `progress`, `finish`,
+`fail`, `request_cancel`, `mark_cancelled`). Every transition is a
+conditional UPDATE so a worker, a cancel button and the reconciler never
+overwrite each other. Records keep a snapshot of names and URIs, so deleting
+a host or a user loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+
+class MigrationState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CANCELLING = "cancelling", "Cancelling"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATES = (MigrationState.QUEUED, MigrationState.RUNNING, MigrationState.CANCELLING)
+FINAL_STATES = (MigrationState.SUCCEEDED, MigrationState.FAILED, MigrationState.CANCELLED)
+STATE_BADGES = {
+    MigrationState.QUEUED: "secondary",
+    MigrationState.RUNNING: "primary",
+    MigrationState.CANCELLING: "warning",
+    MigrationState.SUCCEEDED: "success",
+    MigrationState.FAILED: "danger",
+    MigrationState.CANCELLED: "dark",
+}
+
+
+class MigrationQuerySet(models.QuerySet):
+    def active(self) -> MigrationQuerySet:
+        return self.filter(state__in=ACTIVE_STATES)
+
+    def finished(self) -> MigrationQuerySet:
+        return self.filter(state__in=FINAL_STATES)
+
+    def for_vm(self, uuid: str) -> MigrationQuerySet:
+        return self.filter(vm_uuid=uuid)
+
+
+class Migration(models.Model):
+    state = models.CharField(max_length=16, choices=MigrationState.choices, default=MigrationState.QUEUED)
+
+    # What and where, as foreign keys plus a snapshot that survives deletions.
+    vm = models.ForeignKey("hosts.VirtualMachine", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    vm_uuid = models.CharField(max_length=36)
+    vm_name = models.CharField(max_length=255)
+    vm_memory_kib = models.BigIntegerField(default=0)
+    vm_vcpus = models.PositiveIntegerField(default=0)
+    source = models.ForeignKey("hosts.Host", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    source_name = models.CharField(max_length=100)
+    source_uri = models.CharField(max_length=500)
+    destination = models.ForeignKey("hosts.Host", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    destination_name = models.CharField(max_length=100)
+    destination_uri = models.CharField(max_length=500)
+    storage_class = models.CharField(max_length=16)
+
+    # Who.
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    started_by_username = models.CharField(max_length=150)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancelled_by_username = models.CharField(max_length=150, blank=True)
+
+    # How: parameters as requested, as applied to libvirt, and the checks.
+    parameters = models.JSONField(default=dict)
+    applied_parameters = models.JSONField(default=dict, blank=True)
+    precheck_report = models.JSONField(default=list, blank=True)
+    prediction = models.JSONField(default=dict, blank=True)
+
+    # When.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rq_job_id = models.CharField(max_length=64, blank=True)
+    worker_pid = models.IntegerField(null=True, blank=True)
+    worker_host = models.CharField(max_length=255, blank=True)
+
+    # Outcome.
+    last_sample = models.JSONField(default=dict, blank=True)
+    final_stats = models.JSONField(default=dict, blank=True)
+    total_time_ms = models.BigIntegerField(null=True, blank=True)
+    downtime_ms = models.BigIntegerField(null=True, blank=True)
+    data_processed_bytes = models.BigIntegerField(null=True, blank=True)
+    iterations = models.IntegerField(null=True, blank=True)
+    avg_throughput_mib_s = models.FloatField(null=True, blank=True)
+    error_message = models.TextField(blank=True)
+    error_code = models.IntegerField(null=True, blank=True)
+    error_domain = models.IntegerField(null=True, blank=True)
+    error_details = models.JSONField(default=dict, blank=True)
+    outcome_note = models.TextField(blank=True)
+    vm_location = models.CharField(max_length=100, blank=True, help_text="Where the VM runs after the migration.")
+
+    objects = MigrationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # R2: never two migrations of the same VM at once, whatever races.
+            models.UniqueConstraint(
+                fields=["vm_uuid"],
+                condition=Q(state__in=["queued", "running", "cancelling"]),
+                name="one_active_migration_per_vm",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.vm_name}: {self.source_name} → {self.destination_name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("migrator:detail", args=[self.pk])
+
+    @property
+    def badge(self) -> str:
+        return STATE_BADGES.get(self.state, "secondary")
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def group_name(self) -> str:
+        return f"migration-{self.pk}"
+
+    # ------------------------------------------------------------ transitions
+
+    def _transition(self, allowed: tuple[str, ...], **fields: Any) -> bool:
+        """Conditional update: only one of several racing writers wins."""
+        won = Migration.objects.filter(pk=self.pk, state__in=allowed).update(**fields) == 1
+        self.refresh_from_db()
+        return won
+
+    def claim(self, worker_pid: int | None = None, worker_host: str = "") -> bool:
+        """queued → running; False when someone else claimed or cancelled it."""
+        won = self._transition(
+            (MigrationState.QUEUED,),
+            state=MigrationState.RUNNING,
+            started_at=timezone.now(),
+            worker_pid=worker_pid,
+            worker_host=worker_host,
+        )
+        if won:
+            self.log("running", "Worker claimed the migration.")
+        return won
+
+    def progress(self, sample: dict[str, Any]) -> MigrationSample:
+        row = MigrationSample.from_stats(self, sample)
+        Migration.objects.filter(pk=self.pk).update(last_sample=row.as_dict())
+        return row
+
+    def finish(self, stats: dict[str, Any], note: str = "") -> bool:
+        fields = final_stat_fields(stats)
+        won = self._transition(
+            ACTIVE_STATES,
+            state=MigrationState.SUCCEEDED,
+            finished_at=timezone.now(),
+            final_stats=stats,
+            outcome_note=note,
+            vm_location=self.destination_name,
+            **fields,
+        )
+        if won:
+            self.log("succeeded", note or "Migration completed.")
+        return won
+
+    def fail(self, error: Any, *, vm_location: str, note: str = "") -> bool:
+        details = error.as_dict() if hasattr(error, "as_dict") else {"message": str(error)}
+        won = self._transition(
+            ACTIVE_STATES,
+            state=MigrationState.FAILED,
+            finished_at=timezone.now(),
+            error_message=details.get("message", str(error)),
+            error_code=details.get("code"),
+            error_domain=details.get("domain"),
+            error_details=details,
+            vm_location=vm_location,
+            outcome_note=note,
+        )
+        if won:
+            self.log("failed", f"{details.get('message', error)} {note}".strip())
+        return won
+
+    def request_cancel(self, user) -> bool:
+        """A queued migration is cancelled at once; a running one is marked
+        `cancelling` and its job aborts libvirt's job."""
+        username = getattr(user, "username", "") or ""
+        user = user if getattr(user, "pk", None) else None
+        if self._transition(
+            (MigrationState.QUEUED,),
+            state=MigrationState.CANCELLED,
+            finished_at=timezone.now(),
+            cancelled_by=user,
+            cancelled_by_username=username,
+            vm_location=self.source_name,
+            outcome_note="Cancelled before it started; the VM was not touched.",
+        ):
+            self.log("cancelled", f"Cancelled by {username} before it started.")
+            return True
+        if self._transition(
+            (MigrationState.RUNNING,),
+            state=MigrationState.CANCELLING,
+            cancelled_by=user,
+            cancelled_by_username=username,
+        ):
+            self.log("cancelling", f"Cancel requested by {username}.")
+            return True
+        return False
+
+    def mark_cancelled(self, *, vm_location: str, note: str = "") -> bool:
+        won = self._transition(
+            ACTIVE_STATES,
+            state=MigrationState.CANCELLED,
+            finished_at=timezone.now(),
+            vm_location=vm_location,
+            outcome_note=note,
+        )
+        if won:
+            self.log("cancelled", note or "Migration aborted.")
+        return won
+
+    def log(self, state: str, message: str) -> MigrationEvent:
+        return MigrationEvent.objects.create(migration=self, state=state, message=message[:2000])
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.vm_memory_kib * 1024
+
+    def elapsed_s(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.finished_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+def final_stat_fields(stats: dict[str, Any]) -> dict[str, Any]:
+    """The summary columns from libvirt's completed-job statistics."""
+    elapsed_ms = stats.get("time_elapsed")
+    processed = stats.get("data_processed")
+    throughput = None
+    if elapsed_ms and processed:
+        throughput = processed / (1024 * 1024) / (elapsed_ms / 1000)
+    return {
+        "total_time_ms": elapsed_ms,
+        "downtime_ms": stats.get("downtime"),
+        "data_processed_bytes": processed,
+        "iterations": stats.get("memory_iteration"),
+        "avg_throughput_mib_s": throughput,
+    }
+
+
+class MigrationEvent(models.Model):
+    """The state timeline of one migration."""
+
+    migration = models.ForeignKey(Migration, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(max_length=32)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+
+class MigrationSample(models.Model):
+    """One reading of libvirt's job statistics during a migration."""
+
+    migration = models.ForeignKey(Migration, on_delete=models.CASCADE, related_name="samples")
+    sampled_at = models.DateTimeField(default=timezone.now)
+    elapsed_ms = models.BigIntegerField(default=0)
+    iteration = models.IntegerField(default=0)
+    data_total_bytes = models.BigIntegerField(default=0)
+    data_processed_bytes = models.BigIntegerField(default=0)
+    data_remaining_bytes = models.BigIntegerField(default=0)
+    memory_total_bytes = models.BigIntegerField(default=0)
+    memory_processed_bytes = models.BigIntegerField(default=0)
+    memory_remaining_bytes = models.BigIntegerField(default=0)
+    disk_total_bytes = models.BigIntegerField(default=0)
+    disk_processed_bytes = models.BigIntegerField(default=0)
+    disk_remaining_bytes = models.BigIntegerField(default=0)
+    throughput_mib_s = models.FloatField(default=0)
+    dirty_rate_mib_s = models.FloatField(default=0)
+    expected_downtime_ms = models.IntegerField(null=True, blank=True)
+    throttle_pct = models.IntegerField(null=True, blank=True)
+    raw = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["elapsed_ms", "pk"]
+
+    @classmethod
+    def from_stats(cls, migration: Migration, stats: dict[str, Any]) -> MigrationSample:
+        """Build and save a sample from a `jobStats()` dict (see gateway.job_sample)."""
+        mib = 1024 * 1024
+        page_size = stats.get("memory_page_size") or 4096
+        return cls.objects.create(
+            migration=migration,
+            elapsed_ms=int(stats.get("time_elapsed") or 0),
+            iteration=int(stats.get("memory_iteration") or 0),
+            data_total_bytes=int(stats.get("data_total") or 0),
+            data_processed_bytes=int(stats.get("data_processed") or 0),
+            data_remaining_bytes=int(stats.get("data_remaining") or 0),
+            memory_total_bytes=int(stats.get("memory_total") or 0),
+            memory_processed_bytes=int(stats.get("memory_processed") or 0),
+            memory_remaining_bytes=int(stats.get("memory_remaining") or 0),
+            disk_total_bytes=int(stats.get("disk_total") or 0),
+            disk_processed_bytes=int(stats.get("disk_processed") or 0),
+            disk_remaining_bytes=int(stats.get("disk_remaining") or 0),
+            throughput_mib_s=float(stats.get("memory_bps") or 0) / mib + float(stats.get("disk_bps") or 0) / mib,
+            dirty_rate_mib_s=float(stats.get("memory_dirty_rate") or 0) * page_size / mib,
+            expected_downtime_ms=stats.get("downtime"),
+            throttle_pct=stats.get("auto_converge_throttle"),
+            raw=stats,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape shared by the first render and the websocket."""
+        return {
+            "elapsed_ms": self.elapsed_ms,
+            "iteration": self.iteration,
+            "data_total_bytes": self.data_total_bytes,
+            "data_processed_bytes": self.data_processed_bytes,
+            "data_remaining_bytes": self.data_remaining_bytes,
+            "memory_total_bytes": self.memory_total_bytes,
+            "memory_processed_bytes": self.memory_processed_bytes,
+            "memory_remaining_bytes": self.memory_remaining_bytes,
+            "disk_total_bytes": self.disk_total_bytes,
+            "disk_processed_bytes": self.disk_processed_bytes,
+            "disk_remaining_bytes": self.disk_remaining_bytes,
+            "throughput_mib_s": round(self.throughput_mib_s, 3),
+            "dirty_rate_mib_s": round(self.dirty_rate_mib_s, 3),
+            "expected_downtime_ms": self.expected_downtime_ms,
+            "throttle_pct": self.throttle_pct,
+            "sampled_at": self.sampled_at.isoformat(),
+        }
+
+
+class AuditEvent(models.Model):
+    """Append-only log of who did what. Each row's hash covers its content and
+    the previous row's hash, so an edit made directly in the database breaks
+    the chain at that row (`python manage.py verify_audit`)."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_username = models.CharField(max_length=150, blank=True)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=64, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=255, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_username or '-'} {self.action} {self.object_repr}"
+
+    def compute_hash(self) -> str:
+        payload = {
+            "at": self.at.isoformat(),
+            "actor": self.actor_username,
+            "address": self.client_address,
+            "action": self.action,
+            "object_type": self.object_type,
+            "object_id": self.object_id,
+            "object_repr": self.object_repr,
+            "details": self.details,
+            "prev": self.prev_hash,
+        }
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def record(
+        cls,
+        action: str,
+        *,
+        actor=None,
+        obj: models.Model | None = None,
+        details: dict | None = None,
+        client_address: str | None = None,
+        object_repr: str = "",
+    ) -> AuditEvent:
+        with transaction.atomic():
+            _lock_audit_chain()
+            previous = cls.objects.order_by("-pk").values_list("hash", flat=True).first() or ""
+            event = cls(
+                actor=actor if getattr(actor, "pk", None) else None,
+                actor_username=getattr(actor, "username", "") or "",
+                client_address=client_address,
+                action=action,
+                object_type=obj._meta.label_lower if obj is not None else "",
+                object_id=str(obj.pk) if obj is not None else "",
+                object_repr=(object_repr or (str(obj) if obj is not None else ""))[:255],
+                details=json.loads(json.dumps(details or {}, default=str)),
+                prev_hash=previous,
+            )
+            event.hash = event.compute_hash()
+            event.save()
+            return event
+
+
+def _lock_audit_chain() -> None:
+    """Serialise appends so two events never chain to the same predecessor."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(7401)")

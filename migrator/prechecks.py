@@ -1,0 +1,413 @@
+"""The health check before migrating: one report, each line pass, warn or
+fail with a reason in plain words (R1–R7, R14, R16).
+
+The wizard shows it per destination and on the review step; the job runs it
+again just before it migrates, because hosts change in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hosts import gateway
+from hosts.inventory import disk_is_shared, disk_verdicts
+from hosts.models import Host, StorageClass, VirtualMachine
+
+from .models import Migration
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    message: str
+    requirement: str = ""
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, status: str, message: str, requirement: str = "") -> None:
+        self.checks.append(Check(name, status, message, requirement))
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if c.status == WARN]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def verdict(self) -> str:
+        if self.failures:
+            return "blocked"
+        return "warnings" if self.warnings else "ok"
+
+    def as_list(self) -> list[dict[str, Any]]:
+        return [asdict(c) for c in self.checks]
+
+    def summary(self) -> str:
+        if self.failures:
+            return "; ".join(c.message for c in self.failures)
+        return "; ".join(c.message for c in self.warnings) or "all checks passed"
+
+
+@dataclass
+class Facts:
+    """Live facts read once per report, so every check sees the same moment."""
+
+    source_info: gateway.HostInfo | None = None
+    dest_info: gateway.HostInfo | None = None
+    source_error: gateway.GatewayError | None = None
+    dest_error: gateway.GatewayError | None = None
+
+
+def _read(fn: Callable[[], Any]) -> tuple[Any, gateway.GatewayError | None]:
+    try:
+        return fn(), None
+    except gateway.GatewayError as error:
+        return None, error
+
+
+def chosen_disks(vm: VirtualMachine, params: dict[str, Any]) -> list[dict[str, Any]]:
+    targets = set(params.get("disks") or [])
+    return [d for d in vm.disks if d["target"] in targets]
+
+
+def run_prechecks(
+    vm: VirtualMachine,
+    source: Host,
+    destination: Host,
+    params: dict[str, Any] | None = None,
+    *,
+    exclude_migration: int | None = None,
+) -> Report:
+    params = params or {}
+    report = Report()
+    vm_dict = {**vm.details, "domain_type": vm.domain_type}
+
+    # R2: one migration at a time, of a running VM.
+    active = Migration.objects.active().for_vm(vm.uuid)
+    if exclude_migration:
+        active = active.exclude(pk=exclude_migration)
+    active = active.first()
+    if active:
+        report.add("not migrating", FAIL, f"{vm.name} is already being migrated (migration #{active.pk}).", "R2")
+    else:
+        report.add("not migrating", PASS, "no other migration of this VM is in progress", "R2")
+
+    if destination.pk == source.pk:
+        report.add("destination", FAIL, "The destination is the source host; choose another host.")
+        return report
+
+    facts = Facts()
+    facts.source_info, facts.source_error = _read(lambda: gateway.host_info(source.uri))
+    state, state_error = _read(lambda: gateway.vm_state(source.uri, vm.uuid))
+    if facts.source_error or state_error:
+        error = facts.source_error or state_error
+        report.add("source reachable", FAIL, f"{source.name} does not answer: {error.message}", "R1")
+    elif state is None:
+        report.add("VM running", FAIL, f"{vm.name} is no longer on {source.name}; refresh the inventory.", "R2")
+    elif state not in gateway.RUNNING_STATES:
+        report.add("VM running", FAIL, f"{vm.name} is {state}; only running VMs are live-migrated.", "R2")
+    else:
+        report.add("VM running", PASS, f"{vm.name} is running on {source.name}", "R2")
+
+    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(destination.uri))
+    if facts.dest_error:
+        report.add(
+            "destination reachable",
+            FAIL,
+            f"{destination.name} does not answer: {facts.dest_error.message} {facts.dest_error.hint}".strip(),
+            "R1",
+        )
+        return report
+    report.add(
+        "destination reachable",
+        PASS,
+        f"{destination.name} answers (libvirt {facts.dest_info.libvirt_version}); the source's own path to it "
+        "is tested when the migration connects",
+        "R1",
+    )
+    src, dst = facts.source_info, facts.dest_info
+    if src is None:
+        return report
+
+    # Drivers without a host UUID (the test driver) are told apart by hostname.
+    if (src.host_uuid or src.hostname) == (dst.host_uuid or dst.hostname) and source.uri == destination.uri:
+        report.add("distinct hosts", FAIL, "Source and destination are the same libvirt host; choose another host.")
+    elif src.host_uuid and src.host_uuid == dst.host_uuid:
+        report.add(
+            "distinct hosts",
+            FAIL,
+            f"Both hosts report host UUID {src.host_uuid}: they are the same machine, or one is a clone "
+            "with a copied host_uuid in libvirtd.conf. Give each host its own UUID.",
+        )
+    else:
+        report.add("distinct hosts", PASS, "source and destination are different hosts")
+
+    _check_cpu(report, vm, vm_dict, destination, src, dst)
+    _check_capacity(report, vm, destination, dst)
+    _check_networks(report, vm, src, dst)
+    _check_name_free(report, vm, destination)
+    _check_storage(report, vm, source, destination, params)
+    _check_tls(report, source, destination, params)
+    if vm.details.get("hugepages"):
+        report.add(
+            "hugepages",
+            PASS,
+            "the VM uses hugepages; hosts whose kernel has KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE "
+            "(Linux 5.8 and newer with KVM) migrate it with less overhead",
+            "R16",
+        )
+    if params.get("unsafe"):
+        report.add(
+            "unsafe",
+            WARN,
+            "'Unsafe' skips libvirt's safety checks on disk caching; use it only for shared storage "
+            "that libvirt cannot recognise as safe.",
+            "R12",
+        )
+    return report
+
+
+def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
+    if (src.cpu_vendor, src.cpu_model, src.arch) != (dst.cpu_vendor, dst.cpu_model, dst.arch):
+        report.add(
+            "CPU model",
+            FAIL,
+            f"Only homogeneous migration is supported: source CPU is {src.cpu_vendor} {src.cpu_model} "
+            f"({src.arch}), destination is {dst.cpu_vendor} {dst.cpu_model} ({dst.arch}).",
+            "R3",
+        )
+        return
+    ok, message = _read(lambda: gateway.compare_guest_cpu(destination.uri, vm_dict))
+    if message is not None:
+        report.add("CPU model", FAIL, f"Could not compare CPUs on {destination.name}: {message.message}", "R3")
+    elif not ok[0]:
+        report.add("CPU model", FAIL, f"{destination.name} cannot run this VM's CPU: {ok[1]}", "R3")
+    else:
+        report.add("CPU model", PASS, f"identical host CPUs ({src.cpu_vendor} {src.cpu_model}); {ok[1]}", "R3")
+
+
+def _check_capacity(report, vm, destination, dst) -> None:
+    if dst.physical_cores < vm.vcpus:
+        report.add(
+            "CPU cores",
+            WARN,
+            f"{destination.name} has {dst.physical_cores} physical cores for {vm.vcpus} vCPUs: "
+            "the VM will run with degraded performance there.",
+            "R5",
+        )
+    else:
+        report.add("CPU cores", PASS, f"{dst.physical_cores} physical cores ≥ {vm.vcpus} vCPUs", "R5")
+    need_mib, free_mib = vm.memory_kib // 1024, dst.memory_free_kib // 1024
+    if dst.memory_free_kib < vm.memory_kib:
+        report.add(
+            "memory",
+            FAIL,
+            f"{destination.name} has {free_mib} MiB free, the VM needs {need_mib} MiB; free memory there "
+            "or choose another host.",
+            "R5",
+        )
+    else:
+        report.add("memory", PASS, f"{free_mib} MiB free ≥ {need_mib} MiB needed", "R5")
+
+
+def _check_networks(report, vm, src, dst) -> None:
+    missing = []
+    for iface in vm.interfaces:
+        name = iface.get("source")
+        if iface.get("type") == "network" and name not in dst.networks:
+            missing.append(f"network {name}")
+        elif iface.get("type") == "bridge" and name not in dst.bridges:
+            missing.append(f"bridge {name}")
+    if missing:
+        report.add(
+            "networks",
+            WARN,
+            f"The destination lacks {', '.join(missing)}: the migration may succeed but the guest's network "
+            "will break. Create them there first.",
+            "R4",
+        )
+    elif set(src.networks) != set(dst.networks):
+        report.add(
+            "networks",
+            WARN,
+            "Source and destination have different libvirt networks; migrating across business network "
+            "segments breaks the guest's network even though the migration succeeds.",
+            "R4",
+        )
+    else:
+        report.add("networks", PASS, "every network of the VM exists on the destination", "R4")
+
+
+def _check_name_free(report, vm, destination) -> None:
+    by_uuid, error = _read(lambda: gateway.find_vm(destination.uri, uuid=vm.uuid))
+    by_name, error2 = _read(lambda: gateway.find_vm(destination.uri, name=vm.name))
+    if error or error2:
+        report.add("name free", FAIL, f"Could not list VMs on {destination.name}: {(error or error2).message}")
+    elif by_uuid or by_name:
+        found = by_uuid or by_name
+        report.add(
+            "name free",
+            FAIL,
+            f"{destination.name} already has a VM named {found.name} (UUID {found.uuid}, {found.state}); "
+            "remove or rename it there first.",
+        )
+    else:
+        report.add("name free", PASS, f"no VM of that name or UUID on {destination.name}")
+
+
+def _check_storage(report, vm, source, destination, params) -> None:
+    verdicts = {v.target: v for v in disk_verdicts(vm.disks, source.prefixes)}
+    if vm.storage_class == StorageClass.SHARED:
+        report.add("storage class", PASS, "every disk is on shared storage: nothing is copied", "R7")
+    else:
+        report.add("storage class", PASS, "local disks: they are copied to the destination", "R7")
+
+    chosen = {d["target"] for d in chosen_disks(vm, params)}
+    data_disks = [d for d in vm.disks if d["device"] in ("disk", "lun") and d.get("source")]
+    for disk in data_disks:
+        target, path = disk["target"], disk["source"]
+        if disk["type"] == "network":
+            report.add(f"disk {target}", PASS, f"{target} is network storage, reached by both hosts", "R7")
+            continue
+        if disk_is_shared(disk, source.prefixes):
+            if target in chosen:
+                report.add(
+                    f"disk {target}",
+                    FAIL,
+                    f"{target} ({path}) is on shared storage: copying it would write the image onto itself. "
+                    "Leave it unselected.",
+                    "R6",
+                )
+                continue
+            info, error = _read(lambda p=path: gateway.path_info(destination.uri, p))
+            if error or not info.exists:
+                report.add(
+                    f"disk {target}",
+                    FAIL,
+                    f"{path} is not visible on {destination.name}: mount the shared storage there at the "
+                    "same path, or add its path to that host's shared prefixes if it is already there.",
+                    "R7",
+                )
+            else:
+                report.add(f"disk {target}", PASS, f"{path} is visible at the same path on {destination.name}", "R7")
+            continue
+        if target in chosen:
+            verdict = verdicts.get(target)
+            if verdict is not None and not verdict.migratable:
+                report.add(f"disk {target}", FAIL, f"{target} cannot be copied: {verdict.reason}.", "R6")
+                continue
+            if disk["type"] == "block" or path.startswith("/dev/"):
+                report.add(
+                    f"disk {target}",
+                    FAIL,
+                    f"{target} is a raw block device ({path}); the destination image must be a file. "
+                    "Convert the disk to a file image first.",
+                    "R6",
+                )
+                continue
+        _check_local_disk(
+            report,
+            disk,
+            destination,
+            create=target in chosen and params.get("create_images", True),
+            copied=target in chosen,
+        )
+
+    if vm.storage_class == StorageClass.NON_SHARED and params and not chosen:
+        report.add(
+            "disks to copy",
+            FAIL,
+            "This VM has local disks but none is selected for copying; select the local disks to migrate.",
+            "R13",
+        )
+    if chosen:
+        _check_space(report, vm, destination, params)
+
+
+def _check_local_disk(report, disk, destination, *, create: bool, copied: bool) -> None:
+    target, path = disk["target"], disk["source"]
+    info, error = _read(lambda: gateway.path_info(destination.uri, path))
+    if error:
+        report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R6")
+    elif info.is_block_device:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"{path} is a block device on {destination.name}; the destination image must be a file.",
+            "R6",
+        )
+    elif copied and create and info.exists:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"{path} already exists on {destination.name}; remove it there, or untick 'create destination "
+            "images' to copy into the existing image.",
+            "R6",
+        )
+    elif (not create or not copied) and not info.exists:
+        what = "it is not copied" if not copied else "'create destination images' is off"
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"{path} does not exist on {destination.name} and {what}; create it there "
+            f"(qemu-img create -f {disk.get('format') or 'qcow2'} {path} SIZE) or let the dashboard create it.",
+            "R6",
+        )
+    elif copied and create and not info.pool:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"No libvirt storage pool on {destination.name} covers {path.rpartition('/')[0]}; define a 'dir' "
+            "pool there so the image can be created.",
+            "R6",
+        )
+    else:
+        verb = "will be created and copied" if create and copied else "exists and will be used"
+        report.add(f"disk {target}", PASS, f"{path} {verb} on {destination.name}", "R6")
+
+
+def _check_space(report, vm, destination, params) -> None:
+    need = sum(d.get("capacity_bytes") or 0 for d in chosen_disks(vm, params))
+    free = None
+    for disk in chosen_disks(vm, params):
+        info, error = _read(lambda p=disk["source"]: gateway.path_info(destination.uri, p))
+        if info is not None and info.pool_available_bytes is not None:
+            free = info.pool_available_bytes
+            break
+    if free is None:
+        report.add("disk space", WARN, f"Could not read free space on {destination.name}.", "R5")
+    elif free < need:
+        report.add(
+            "disk space",
+            FAIL,
+            f"{destination.name} has {free // 2**20} MiB free for {need // 2**20} MiB of images; free space there.",
+            "R5",
+        )
+    else:
+        report.add("disk space", PASS, f"{free // 2**20} MiB free ≥ {need // 2**20} MiB of images", "R5")
+
+
+def _check_tls(report, source, destination, params) -> None:
+    if not params.get("tls"):
+        return
+    try:
+        from hosts.certstore import tls_readiness
+    except ImportError:
+        report.add("TLS", WARN, "No certificates are on record; the hosts' own TLS setup is trusted.", "R14")
+        return
+    for status, message in tls_readiness(source, destination):
+        report.add("TLS", status, message, "R14")

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("hosts/", include("hosts.urls")),
+    path("migrations/", include("migrator.migration_urls")),
+    path("admin/", admin.site.urls),
+    path("django-rq/", include("django_rq.urls")),
+]

@@ -1,0 +1,75 @@
+import json
+
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from hosts.models import Host, VirtualMachine
+from hosts.views import audit
+
+from .live import migration_state, publish_state
+from .models import Migration
+from .roles import AUDITORS, OPERATORS, has_role, role_required
+
+
+@role_required()
+def home(request):
+    hosts = Host.objects.all()
+    context = {
+        "hosts": hosts,
+        "vm_count": VirtualMachine.objects.count(),
+        "running_vm_count": VirtualMachine.objects.running().count(),
+        "active": Migration.objects.active().order_by("created_at"),
+        "recent": Migration.objects.finished().order_by("-finished_at")[:10],
+    }
+    context.update(home_extra_context(request))
+    return render(request, "migrator/home.html", context)
+
+
+def home_extra_context(request) -> dict:
+    """Certificate expiry warnings, when the certificate store is present."""
+    try:
+        from hosts.certstore import expiry_warnings
+    except ImportError:
+        return {}
+    return {"certificate_warnings": expiry_warnings()}
+
+
+@role_required(OPERATORS, AUDITORS)
+def migration_list(request):
+    migrations = Migration.objects.all()[:200]
+    return render(request, "migrator/list.html", {"migrations": migrations})
+
+
+@role_required(OPERATORS, AUDITORS)
+def migration_detail(request, pk: int):
+    migration = get_object_or_404(Migration, pk=pk)
+    return render(
+        request,
+        "migrator/detail.html",
+        {
+            "migration": migration,
+            "migration_json": migration_state(migration),
+            "samples": [s.as_dict() for s in migration.samples.all()],
+            "events": migration.events.all(),
+            "precheck": {"checks": migration.precheck_report},
+            "applied_json": json.dumps(migration.applied_parameters, indent=2, sort_keys=True),
+            "can_cancel": migration.is_active and has_role(request.user, OPERATORS),
+        },
+    )
+
+
+@require_POST
+@role_required(OPERATORS)
+def migration_cancel(request, pk: int):
+    migration = get_object_or_404(Migration, pk=pk)
+    if migration.request_cancel(request.user):
+        audit(request, "migration.cancelled", migration, state=migration.state)
+        messages.info(
+            request,
+            "Cancelled." if migration.state == "cancelled" else "Cancel requested: the migration is being aborted.",
+        )
+        publish_state(migration)
+    else:
+        messages.warning(request, f"Migration #{migration.pk} is already {migration.get_state_display().lower()}.")
+    return redirect(migration)

@@ -1,0 +1,24 @@
+#!/bin/bash
+# The whole suite, on SQLite and on PostgreSQL, with the lab up once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+export LAB_DOWN_AT_END=0
+PYTEST=(.venv/bin/pytest -p no:cacheprovider)
+
+.venv/bin/ruff check .
+echo "== tests on SQLite"
+sqlite_status=0
+DATABASE_URL="sqlite:///$PWD/var/test.sqlite3" "${PYTEST[@]}" "$@" || sqlite_status=$?
+
+echo "== tests on PostgreSQL"
+pg_status=0
+if pg_isready -q -h 127.0.0.1 -p 5432; then
+  DATABASE_URL="postgres://$(id -un)@127.0.0.1:5432/vmmigrator" LAB_DOWN_AT_END=1 "${PYTEST[@]}" "$@" || pg_status=$?
+else
+  echo "PostgreSQL is not running on 127.0.0.1:5432: cannot run the suite on it."
+  pg_status=1
+fi
+.venv/bin/python manage.py lab down >/dev/null 2>&1 || true
+echo "SQLite run exit $sqlite_status, PostgreSQL run exit $pg_status"
+[ "$sqlite_status" -eq 0 ] && [ "$pg_status" -eq 0 ]

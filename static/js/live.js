@@ -1,0 +1,269 @@
+/* Live migration progress: one websocket per page, reconnecting with
+ * back-off. The server sends the recorded history first, then live samples,
+ * in the same JSON shape the page was rendered from. */
+(function () {
+  "use strict";
+  var MIB = 1024 * 1024;
+
+  function fmtMiB(bytes) { return (bytes / MIB).toFixed(1) + " MiB"; }
+  function fmtS(ms) {
+    if (ms === null || ms === undefined) return "—";
+    var s = ms / 1000;
+    return s < 60 ? s.toFixed(1) + " s" : Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+  }
+  function text(id, value) { var el = document.getElementById(id); if (el) el.textContent = value; }
+
+  function socket(path, handlers) {
+    var delay = 500, ws = null, closedByUs = false;
+    var status = document.getElementById("live-status");
+    function say(msg) { if (status) status.textContent = msg; }
+    function open() {
+      var proto = location.protocol === "https:" ? "wss://" : "ws://";
+      ws = new WebSocket(proto + location.host + path);
+      ws.onopen = function () { delay = 500; say("live"); };
+      ws.onmessage = function (ev) { handlers.message(JSON.parse(ev.data)); };
+      ws.onclose = function (ev) {
+        if (closedByUs || ev.code === 4403 || ev.code === 4404) { say(ev.code === 4403 ? "not allowed" : ""); return; }
+        say("connection lost; reconnecting in " + (delay / 1000).toFixed(1) + " s");
+        setTimeout(open, delay);
+        delay = Math.min(delay * 2, 15000);
+      };
+    }
+    open();
+    return { close: function () { closedByUs = true; if (ws) ws.close(); } };
+  }
+
+  /* Draws a dashed vertical line where a new pre-copy iteration starts. */
+  var iterationMarks = {
+    id: "iterationMarks",
+    afterDatasetsDraw: function (chart) {
+      var marks = chart.options.plugins.iterationMarks.marks || [];
+      var ctx = chart.ctx, area = chart.chartArea, x = chart.scales.x;
+      ctx.save();
+      ctx.strokeStyle = "rgba(108,117,125,0.6)";
+      ctx.setLineDash([4, 4]);
+      ctx.fillStyle = "rgba(108,117,125,0.9)";
+      ctx.font = "10px sans-serif";
+      marks.forEach(function (m) {
+        var px = x.getPixelForValue(m.t);
+        if (px < area.left || px > area.right) return;
+        ctx.beginPath(); ctx.moveTo(px, area.top); ctx.lineTo(px, area.bottom); ctx.stroke();
+        ctx.fillText("it " + m.iteration, px + 2, area.top + 10);
+      });
+      ctx.restore();
+    },
+  };
+
+  function lineChart(canvasId, datasets) {
+    var el = document.getElementById(canvasId);
+    if (!el || !window.Chart) return null;
+    return new Chart(el, {
+      type: "line",
+      data: { datasets: datasets },
+      options: {
+        animation: false, maintainAspectRatio: false, parsing: false, normalized: true,
+        scales: { x: { type: "linear", title: { display: true, text: "seconds" } }, y: { beginAtZero: true } },
+        elements: { point: { radius: 0 } },
+        plugins: { iterationMarks: { marks: [] } },
+      },
+      plugins: [iterationMarks],
+    });
+  }
+
+  function detail(id) {
+    var state = JSON.parse(document.getElementById("migration-data").textContent);
+    var samples = [];
+    var seen = {};
+    var rates = lineChart("chart-rates", [
+      { label: "dirty rate", data: [], borderColor: "#dc3545", backgroundColor: "#dc3545" },
+      { label: "throughput", data: [], borderColor: "#007bff", backgroundColor: "#007bff" },
+    ]);
+    var remaining = lineChart("chart-remaining", [
+      { label: "remaining", data: [], borderColor: "#28a745", backgroundColor: "#28a745", fill: false },
+    ]);
+    var marks = [];
+
+    function addSample(s) {
+      if (seen[s.elapsed_ms]) return false;
+      seen[s.elapsed_ms] = true;
+      var last = samples[samples.length - 1];
+      samples.push(s);
+      var t = s.elapsed_ms / 1000;
+      if (last && s.iteration !== last.iteration) marks.push({ t: t, iteration: s.iteration });
+      if (rates) {
+        rates.data.datasets[0].data.push({ x: t, y: s.dirty_rate_mib_s });
+        rates.data.datasets[1].data.push({ x: t, y: s.throughput_mib_s });
+      }
+      if (remaining) remaining.data.datasets[0].data.push({ x: t, y: s.data_remaining_bytes / MIB });
+      return true;
+    }
+
+    function redraw() {
+      [rates, remaining].forEach(function (c) { if (c) { c.options.plugins.iterationMarks.marks = marks; c.update("none"); } });
+      var s = samples[samples.length - 1];
+      if (!s) return;
+      document.getElementById("live-panel").classList.remove("d-none");
+      var total = s.data_total_bytes || 1;
+      var memDone = s.memory_processed_bytes, diskDone = s.disk_processed_bytes;
+      var pct = Math.min(100, 100 * s.data_processed_bytes / total);
+      if (s.data_remaining_bytes === 0 && s.data_total_bytes > 0) pct = 100;
+      var memPct = s.disk_total_bytes ? 100 * memDone / total : pct;
+      var diskPct = s.disk_total_bytes ? 100 * diskDone / total : 0;
+      if (memPct + diskPct > 100) { memPct = 100 - diskPct; }
+      var bar = document.getElementById("progress-memory");
+      bar.style.width = memPct.toFixed(1) + "%";
+      bar.textContent = s.disk_total_bytes ? "memory" : pct.toFixed(0) + " %";
+      bar.setAttribute("aria-valuenow", pct.toFixed(0));
+      var dbar = document.getElementById("progress-disk");
+      dbar.style.width = diskPct.toFixed(1) + "%";
+      dbar.textContent = s.disk_total_bytes ? "disk" : "";
+      text("progress-text", fmtMiB(s.data_processed_bytes) + " sent of " + fmtMiB(s.data_total_bytes) +
+        " (" + pct.toFixed(0) + " %)" + (s.disk_total_bytes ? "; disks " + fmtMiB(diskDone) + " of " + fmtMiB(s.disk_total_bytes) +
+        ", memory " + fmtMiB(memDone) + " of " + fmtMiB(s.memory_total_bytes) : ""));
+      text("stat-elapsed", fmtS(s.elapsed_ms));
+      var eta = s.throughput_mib_s > 0 ? 1000 * (s.data_remaining_bytes / MIB) / s.throughput_mib_s : null;
+      text("stat-eta", eta === null ? "—" : "~" + fmtS(eta));
+      text("stat-throughput", s.throughput_mib_s.toFixed(1) + " MiB/s");
+      text("stat-dirty", s.dirty_rate_mib_s.toFixed(1) + " MiB/s");
+      text("stat-iteration", s.iteration);
+      text("stat-remaining", fmtMiB(s.data_remaining_bytes));
+      text("stat-downtime", s.expected_downtime_ms === null ? "—" : s.expected_downtime_ms + " ms");
+      text("stat-throttle", s.throttle_pct === null ? "—" : s.throttle_pct + " %");
+      convergence();
+    }
+
+    /* Not converging: over the last ~10 s, dirty rate ≥ throughput or the
+     * remaining data did not shrink, past the first full pass. */
+    function convergence() {
+      var box = document.getElementById("not-converging");
+      var s = samples[samples.length - 1];
+      if (!state.active || !s || s.iteration < 2) { box.classList.add("d-none"); return; }
+      var windowStart = s.elapsed_ms - 10000;
+      var win = samples.filter(function (x) { return x.elapsed_ms >= windowStart && x.iteration >= 2; });
+      if (win.length < 5) return;
+      var first = win[0];
+      var avgDirty = win.reduce(function (a, x) { return a + x.dirty_rate_mib_s; }, 0) / win.length;
+      var avgTp = win.reduce(function (a, x) { return a + x.throughput_mib_s; }, 0) / win.length;
+      var notShrinking = s.data_remaining_bytes >= first.data_remaining_bytes * 0.95;
+      if (avgDirty >= avgTp || notShrinking) {
+        box.classList.remove("d-none");
+        box.innerHTML = "<strong>Not converging.</strong> The guest dirties memory at " + avgDirty.toFixed(1) +
+          " MiB/s while " + avgTp.toFixed(1) + " MiB/s is sent" + (notShrinking ? ", and the remaining data is not shrinking" : "") +
+          ". You can cancel the migration now (the VM keeps running on the source); next time raise the max downtime, " +
+          "enable auto-converge, raise the bandwidth limit, or set a timeout with the suspend or post-copy action.";
+      } else {
+        box.classList.add("d-none");
+      }
+    }
+
+    function showState(m) {
+      state = m;
+      var badge = document.getElementById("state-badge");
+      badge.className = "badge badge-" + m.badge;
+      badge.textContent = m.state_display;
+      if (!m.active) {
+        var cancel = document.getElementById("cancel-form");
+        if (cancel) cancel.classList.add("d-none");
+        document.getElementById("not-converging").classList.add("d-none");
+        var sum = document.getElementById("summary");
+        sum.classList.remove("d-none");
+        var set = function (field, value) { var el = sum.querySelector('[data-field="' + field + '"]'); if (el) el.textContent = value; };
+        set("state_display", m.state_display);
+        sum.querySelector(".badge").className = "badge badge-" + m.badge;
+        set("outcome_note", m.outcome_note || "");
+        set("error_message", m.error_message || "");
+        set("total_time", m.total_time_ms === null ? "—" : m.total_time_ms + " ms");
+        set("downtime", m.downtime_ms === null ? "—" : m.downtime_ms + " ms");
+        set("data", (m.data_processed_bytes ? fmtMiB(m.data_processed_bytes) : "—") + " / " + fmtMiB(m.memory_bytes));
+        set("iterations", m.iterations === null ? "—" : m.iterations);
+        set("throughput", m.avg_throughput_mib_s ? m.avg_throughput_mib_s.toFixed(1) + " MiB/s" : "—");
+        set("vm_location", m.vm_location || "—");
+        if (m.state === "succeeded") {
+          var bar = document.getElementById("progress-memory");
+          bar.style.width = (100 - parseFloat(document.getElementById("progress-disk").style.width || 0)) + "%";
+          bar.setAttribute("aria-valuenow", "100");
+          if (!samples.length || !samples[0].disk_total_bytes) bar.textContent = "100 %";
+        }
+        if (m.error_message && !sum.querySelector('[data-field="error_message"]')) {
+          var div = document.createElement("div");
+          div.className = "alert alert-danger";
+          div.textContent = "libvirt said: " + m.error_message;
+          sum.querySelector(".card-body").insertBefore(div, sum.querySelector("p"));
+        }
+      }
+    }
+
+    JSON.parse(document.getElementById("samples-data").textContent).forEach(addSample);
+    redraw();
+    socket("/ws/migrations/" + id + "/", {
+      message: function (msg) {
+        if (msg.type === "history") {
+          msg.samples.forEach(addSample);
+          showState(msg.migration);
+          redraw();
+        } else if (msg.type === "sample") {
+          if (addSample(msg.sample)) redraw();
+        } else if (msg.type === "state") {
+          showState(msg.migration);
+        }
+      },
+    });
+  }
+
+  function list(table) {
+    var body = table.querySelector("tbody");
+    function row(id) { return body.querySelector('tr[data-id="' + id + '"]'); }
+    function ensureRow(m) {
+      var tr = row(m.id);
+      if (tr) return tr;
+      var empty = body.querySelector("tr.empty");
+      if (empty) empty.remove();
+      tr = document.createElement("tr");
+      tr.setAttribute("data-id", m.id);
+      tr.innerHTML = '<td><a></a></td><td class="vm"></td><td class="route"></td><td class="state"><span class="badge"></span></td>' +
+        '<td><div class="progress"><div class="progress-bar" role="progressbar" style="width:0%">0 %</div></div></td><td class="throughput">—</td><td class="dirty">—</td>';
+      tr.querySelector("a").href = m.url;
+      tr.querySelector("a").textContent = m.id;
+      tr.querySelector(".vm").textContent = m.vm_name;
+      tr.querySelector(".route").textContent = m.source_name + " → " + m.destination_name;
+      body.appendChild(tr);
+      return tr;
+    }
+    function count() { text("active-count", body.querySelectorAll("tr[data-id]").length); }
+    function update(m) {
+      if (!m.active) { var tr = row(m.id); if (tr) tr.remove(); count(); return; }
+      var r = ensureRow(m);
+      var badge = r.querySelector(".state .badge");
+      badge.className = "badge badge-" + m.badge;
+      badge.textContent = m.state_display;
+      if (m.last_sample) sample(m.id, m.last_sample);
+      count();
+    }
+    function sample(id, s) {
+      var r = row(id);
+      if (!r) return;
+      var pct = s.data_total_bytes ? Math.min(100, 100 * s.data_processed_bytes / s.data_total_bytes) : 0;
+      var bar = r.querySelector(".progress-bar");
+      bar.style.width = pct.toFixed(0) + "%";
+      bar.textContent = pct.toFixed(0) + " %";
+      r.querySelector(".throughput").textContent = s.throughput_mib_s.toFixed(1) + " MiB/s";
+      r.querySelector(".dirty").textContent = s.dirty_rate_mib_s.toFixed(1) + " MiB/s";
+    }
+    socket("/ws/migrations/", {
+      message: function (msg) {
+        if (msg.type === "list") {
+          var ids = {};
+          msg.migrations.forEach(function (m) { ids[m.id] = true; update(m); });
+          body.querySelectorAll("tr[data-id]").forEach(function (tr) { if (!ids[tr.getAttribute("data-id")]) tr.remove(); });
+          count();
+        } else if (msg.type === "state") {
+          update(msg.migration);
+        } else if (msg.type === "sample") {
+          sample(msg.id, msg.sample);
+        }
+      },
+    });
+  }
+
+  window.MigrationLive = { detail: detail, list: list };
+})();

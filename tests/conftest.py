@@ -1,0 +1,49 @@
+import importlib.util
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from hosts import inventory
+from hosts.models import Host
+from migrator.roles import AUDITORS, OPERATORS, SECURITY_ADMINS
+
+if importlib.util.find_spec("tests.lab_fixtures"):
+    pytest_plugins = ["tests.lab_fixtures"]
+
+PASSWORD = "pass-word-123"
+
+
+def make_user(username: str, *roles: str, superuser: bool = False) -> User:
+    user = User.objects.create_user(username, password=PASSWORD, is_superuser=superuser, is_staff=superuser)
+    for role in roles:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def users(db):
+    """An owner of each role, a superuser and an outsider with no role."""
+    return {
+        "operator": make_user("olivia", OPERATORS),
+        "auditor": make_user("arthur", AUDITORS),
+        "security": make_user("sam", SECURITY_ADMINS),
+        "admin": make_user("root-admin", superuser=True),
+        "outsider": make_user("nobody"),
+    }
+
+
+@pytest.fixture
+def login(client, users):
+    def as_(role: str):
+        client.force_login(users[role])
+        return client
+
+    return as_
+
+
+@pytest.fixture
+def test_host(db):
+    """libvirt's built-in test driver: real libvirt, no daemon needed."""
+    host = Host.objects.create(name="testhost", uri="test:///default", shared_prefixes="/shared\n")
+    inventory.refresh_host(host)
+    return host

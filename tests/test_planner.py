@@ -1,0 +1,240 @@
+"""Pure tests for migrator.planner (no Django, no database).
+
+Run from the project root:
+    .venv/bin/python -m pytest -p no:django -p no:cacheprovider tests/test_planner.py
+The expected numbers are computed by hand in the comments.
+"""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from migrator.planner import (
+    PlanInput,
+    Verdict,
+    dirtied_mib,
+    learned_bandwidth,
+    plan,
+    recommend,
+)
+
+RANK = {"will_not_converge": 0, "converges_with_help": 1, "converges": 2}
+
+# 256 MiB guest dirtying 32 MiB/s behind an 8 MiB/s cap: pass 1 takes 32 s and
+# dirties min(256, 32*32) = 256 MiB, so every pass resends all of RAM.
+STUCK = PlanInput(memory_mib=256, dirty_rate_mib_s=32, bandwidth_mib_s=8)
+
+
+def test_it_sends_an_idle_guest_in_one_pass():
+    p = plan(PlanInput(memory_mib=256, dirty_rate_mib_s=0, bandwidth_mib_s=100))
+    assert p.verdict == Verdict.CONVERGES
+    assert p.iterations == 1
+    # setup 0.3 s + 256/100 = 2.56 s + switch-over overhead 0.05 s
+    assert p.total_time_s == pytest.approx(0.3 + 2.56 + 0.05)
+    assert p.downtime_ms == pytest.approx(50)
+    assert p.data_sent_mib == pytest.approx(256)
+    assert p.iterations_detail[0].duration_s == pytest.approx(2.56)
+    assert p.recommendations == ()
+    assert p.mode == "precopy"
+
+
+def test_it_calibrates_setup_and_overhead():
+    p = plan(PlanInput(256, 0, 100, setup_s=1.0, switchover_overhead_ms=200))
+    assert p.total_time_s == pytest.approx(1.0 + 2.56 + 0.2)
+    assert p.downtime_ms == pytest.approx(200)
+
+
+def test_it_never_converges_when_dirty_rate_exceeds_bandwidth():
+    p = plan(PlanInput(memory_mib=2048, dirty_rate_mib_s=150, bandwidth_mib_s=100))
+    assert p.verdict == Verdict.WILL_NOT_CONVERGE
+    assert p.downtime_ms is None
+    assert p.throttle_pct_final == 0
+    # pass 1 dirties min(2048, 150*20.48) = 2048 MiB, pass 2 the same: stuck.
+    assert p.iterations_detail[0].dirtied_mib == pytest.approx(2048)
+    assert "does not converge" in p.reason
+
+
+def test_it_needs_auto_converge_under_a_tight_cap():
+    p = plan(STUCK)
+    assert p.verdict == Verdict.WILL_NOT_CONVERGE
+    params = {r.parameter for r in p.recommendations}
+    assert {"auto_converge", "max_downtime_ms"} <= params
+
+    helped = plan(replace(STUCK, auto_converge=True))
+    assert helped.verdict == Verdict.CONVERGES_WITH_HELP
+    # the throttle has to pass 75 %: the dirty/send ratio is 4 * (1 - p)
+    assert helped.throttle_pct_final >= 80
+    assert helped.downtime_ms <= 300 + 50
+
+
+def test_it_throttles_on_every_second_trigger_like_qemu():
+    p = plan(replace(STUCK, auto_converge=True))
+    steps = [d.throttle_pct for d in p.iterations_detail]
+    # dirty_rate_high_cnt must reach 2 before each step: 20 % from pass 3, +10 every 2 passes
+    assert steps[:9] == [0, 0, 20, 20, 30, 30, 40, 40, 50]
+    # at 90 % the guest dirties 0.4x what is sent (< 50 % threshold): no further step
+    assert max(steps) == 90
+
+
+def test_it_sets_the_smallest_nice_downtime_that_converges():
+    rec = next(r for r in plan(STUCK).recommendations if r.parameter == "max_downtime_ms")
+    # pending stays 256 MiB; 256 MiB / 8 MiB/s = 32 s is exactly enough
+    assert rec.value == 32000
+    assert plan(replace(STUCK, max_downtime_ms=31900)).verdict == Verdict.WILL_NOT_CONVERGE
+
+
+def test_it_switches_over_exactly_at_the_boundary():
+    # pass 1: 256/128 = 2 s, dirties 16*2 = 32 MiB; threshold 128 MiB/s * 0.25 s = 32 MiB
+    at = plan(PlanInput(256, 16, 128, max_downtime_ms=250))
+    assert at.iterations == 1
+    assert at.downtime_ms == pytest.approx(32 / 128 * 1000 + 50)
+    assert at.total_time_s == pytest.approx(0.3 + 2 + 0.25 + 0.05)
+    assert at.data_sent_mib == pytest.approx(256 + 32)
+    # a hair more dirtying needs a second pass: 33 MiB -> 33/128 s -> 16.5*33/128 MiB
+    above = plan(PlanInput(256, 16.5, 128, max_downtime_ms=250))
+    assert above.iterations == 2
+    assert above.iterations_detail[1].dirtied_mib == pytest.approx(16.5 * 33 / 128)
+
+
+def test_it_pauses_the_guest_for_long_on_suspend_timeout():
+    p = plan(replace(STUCK, timeout_s=60, timeout_action="suspend"))
+    assert p.verdict == Verdict.CONVERGES_WITH_HELP
+    assert p.mode == "suspend"
+    # at 60 s all 256 MiB are pending again: 256/8 = 32 s paused + 0.05 s
+    assert p.downtime_ms == pytest.approx(32050)
+    assert p.total_time_s == pytest.approx(60 + 32.05)
+    # virsh's default action for a timeout is suspend too
+    assert plan(replace(STUCK, timeout_s=60)).mode == "suspend"
+
+
+def test_it_fails_on_abort_timeout():
+    p = plan(replace(STUCK, timeout_s=60, timeout_action="abort"))
+    assert p.verdict == Verdict.WILL_NOT_CONVERGE
+    assert p.mode == "abort"
+    assert p.total_time_s == pytest.approx(60)
+    assert p.downtime_ms is None
+
+
+def test_it_keeps_postcopy_downtime_small():
+    p = plan(replace(STUCK, postcopy=True))
+    assert p.verdict == Verdict.CONVERGES_WITH_HELP
+    assert p.mode == "postcopy"
+    assert p.iterations == 1
+    assert p.downtime_ms == pytest.approx(50)
+    # setup + first pass 32 s + overhead + remaining 256 MiB pulled at 8 MiB/s
+    assert p.total_time_s == pytest.approx(0.3 + 32 + 0.05 + 32)
+    at_timeout = plan(replace(STUCK, timeout_s=60, timeout_action="postcopy"))
+    assert at_timeout.mode == "postcopy"
+    assert at_timeout.downtime_ms == pytest.approx(50)
+    assert at_timeout.total_time_s == pytest.approx(60 + 0.05 + 32)
+
+
+def test_it_does_not_use_postcopy_when_precopy_finishes_in_one_pass():
+    p = plan(PlanInput(256, 0, 100, postcopy=True))
+    assert p.verdict == Verdict.CONVERGES
+    assert p.mode == "precopy"
+
+
+def test_it_interpolates_the_dirty_rate_curve():
+    inp = PlanInput(4096, 0, 100, dirty_rate_curve=[(1, 100), (10, 50)])
+    # points D(1) = 100, D(10) = 500; linear in between, from the origin before
+    assert dirtied_mib(inp, 0.5) == pytest.approx(50)
+    assert dirtied_mib(inp, 5.5) == pytest.approx(100 + 4.5 / 9 * 400)
+    # beyond the longest window: slope of the last segment, 400/9 MiB/s
+    assert dirtied_mib(inp, 20) == pytest.approx(500 + 10 * 400 / 9)
+    # a 50 % throttle halves the guest's running time: D(11 * 0.5) = D(5.5)
+    assert dirtied_mib(inp, 11, throttle_pct=50) == pytest.approx(300)
+    assert dirtied_mib(replace(inp, memory_mib=512), 20) == pytest.approx(512)
+    # one rate only: linear
+    assert dirtied_mib(PlanInput(1024, 10, 100), 3) == pytest.approx(30)
+
+
+def test_it_converges_faster_with_a_saturating_curve():
+    curve = PlanInput(1024, 20, 100, dirty_rate_curve=[(1, 20), (10, 5)])
+    linear = replace(curve, dirty_rate_curve=())
+    # curve: pass 1 (10.24 s) dirties 50 + 30/9*0.24 = 50.8 MiB, pass 2 (0.508 s) 10.16 MiB
+    assert plan(curve).iterations == 2
+    # linear: 204.8 MiB -> 40.96 MiB -> 8.19 MiB, one pass more
+    assert plan(linear).iterations == 3
+
+
+def test_it_reverifies_every_recommendation():
+    cases = [
+        STUCK,
+        PlanInput(2048, 150, 100),
+        replace(STUCK, timeout_s=60, timeout_action="abort"),
+        replace(STUCK, auto_converge=True),
+    ]
+    for inp in cases:
+        base = plan(inp)
+        assert base.recommendations, inp
+        for rec in base.recommendations:
+            assert rec.explanation.endswith(".")
+            fixed = plan(replace(inp, **rec.changes))
+            assert RANK[fixed.verdict] > RANK[base.verdict], (inp, rec)
+
+
+def test_it_does_not_trade_postcopy_for_a_long_pause():
+    recs = recommend(replace(STUCK, postcopy=True))
+    assert "max_downtime_ms" not in {r.parameter for r in recs}
+    for rec in recs:
+        assert plan(replace(STUCK, postcopy=True, **rec.changes)).downtime_ms <= 350
+
+
+def test_it_recommends_nothing_when_it_converges():
+    assert recommend(PlanInput(256, 1, 100)) == []
+
+
+def test_it_gives_up_after_the_iteration_cap():
+    # ratio 0.99 per pass: shrinking, but far from 3 MiB after 30 passes
+    p = plan(PlanInput(1024, 99, 100, max_downtime_ms=30))
+    assert p.verdict == Verdict.WILL_NOT_CONVERGE
+    assert p.iterations == 30
+
+
+def test_it_models_compression_and_multifd():
+    base = PlanInput(256, 0, 100)
+    zstd = plan(replace(base, compression="zstd"))
+    assert zstd.iterations_detail[0].duration_s == pytest.approx(256 / 180)
+    # xbzrle only helps pages sent before, so the first pass is unchanged
+    xb = plan(replace(base, compression="xbzrle"))
+    assert xb.iterations_detail[0].duration_s == pytest.approx(2.56)
+    unknown = plan(replace(base, compression="lz4"))
+    assert unknown.iterations_detail[0].duration_s == pytest.approx(2.56)
+    # a cap is a cap; on a measured link 4 channels give +15 %
+    capped = plan(replace(base, parallel_connections=4))
+    assert capped.iterations_detail[0].duration_s == pytest.approx(2.56)
+    link = plan(replace(base, parallel_connections=4, bandwidth_is_cap=False))
+    assert link.iterations_detail[0].duration_s == pytest.approx(256 / 115)
+    many = plan(replace(base, parallel_connections=64, bandwidth_is_cap=False))
+    assert many.iterations_detail[0].duration_s == pytest.approx(256 / 125)
+
+
+def test_it_skips_zero_pages_in_the_first_pass():
+    p = plan(PlanInput(256, 0, 100, zero_page_fraction=0.5))
+    assert p.iterations_detail[0].sent_mib == pytest.approx(128)
+    assert p.total_time_s == pytest.approx(0.3 + 1.28 + 0.05)
+
+
+def test_it_learns_bandwidth_robustly():
+    assert learned_bandwidth([100, 110, 5000, 90, 105]) == pytest.approx(105)
+    assert learned_bandwidth([1, 1, 1, 100, 110, 90, 105, 95]) == pytest.approx(100)
+    assert learned_bandwidth([0, -3, float("nan")]) is None
+    assert learned_bandwidth([]) is None
+
+
+def test_it_serialises_to_json():
+    data = json.loads(json.dumps(plan(STUCK).as_dict()))
+    assert data["verdict"] == "will_not_converge"
+    assert data["iterations_detail"][0]["sent_mib"] == 256
+    assert {"parameter", "value", "explanation", "changes"} <= set(data["recommendations"][0])
+
+
+def test_it_rejects_nonsense_input():
+    with pytest.raises(ValueError):
+        PlanInput(0, 1, 100)
+    with pytest.raises(ValueError):
+        PlanInput(256, 1, 100, timeout_action="reboot")
+    with pytest.raises(ValueError):
+        PlanInput(256, 1, 100, dirty_rate_curve=[(0, 5)])
