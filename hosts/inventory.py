@@ -85,8 +85,8 @@ def _vm_fields(vm: gateway.VMInfo, prefixes: list[str]) -> dict:
 def refresh_host(host: Host) -> Host:
     """Read the host and its VMs; on failure keep the last inventory and record why."""
     try:
-        info = gateway.host_info(host.uri)
-        vms = gateway.list_vms(host.uri)
+        info = gateway.host_info(host.connect_uri)
+        vms = gateway.list_vms(host.connect_uri)
     except gateway.GatewayError as error:
         host.record_inventory_error(error)
         return host
@@ -110,7 +110,7 @@ def store_inventory(host: Host, info: gateway.HostInfo, vms: list[gateway.VMInfo
 
 def refresh_vm(host: Host, uuid: str) -> VirtualMachine | None:
     """Re-read one VM (after a migration or a lifecycle action)."""
-    vm = gateway.find_vm(host.uri, uuid=uuid)
+    vm = gateway.find_vm(host.connect_uri, uuid=uuid)
     if vm is None:
         host.vms.filter(uuid=uuid).delete()
         return None

@@ -98,7 +98,7 @@ def _report_refresh(request, host: Host) -> None:
 def host_test(request, pk: int):
     host = get_object_or_404(Host, pk=pk)
     try:
-        info = gateway.host_info(host.uri)
+        info = gateway.host_info(host.connect_uri)
     except gateway.GatewayError as error:
         messages.error(request, f"Connection to {host.name} failed: {error.message} {error.hint}".strip())
     else:
@@ -157,7 +157,7 @@ def vm_action(request, pk: int):
         audit(request, "vm.action_refused", vm, action=action, migration=active.pk)
         return redirect(vm)
     try:
-        gateway.vm_lifecycle(vm.host.uri, vm.uuid, action)
+        gateway.vm_lifecycle(vm.host.connect_uri, vm.uuid, action)
     except gateway.GatewayError as error:
         messages.error(request, f"{action} failed: {error.message} {error.hint}".strip())
         audit(request, "vm.action_failed", vm, action=action, error=error.as_dict())

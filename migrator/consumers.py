@@ -10,8 +10,9 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from .dirtyrate import group_name as dirty_rate_group
 from .live import LIST_GROUP, migration_state
-from .models import Migration
+from .models import DirtyRateMeasurement, Migration
 from .roles import AUDITORS, OPERATORS, has_role
 
 
@@ -65,8 +66,6 @@ class MigrationConsumer(AsyncJsonWebsocketConsumer):
     async def migration_state(self, event: dict) -> None:
         await self.send_json({"type": "state", "migration": event["migration"]})
 
-    async def dirtyrate_sample(self, event: dict) -> None:
-        await self.send_json({"type": "dirtyrate", "sample": event["sample"]})
 
 
 class MigrationListConsumer(AsyncJsonWebsocketConsumer):
@@ -86,3 +85,47 @@ class MigrationListConsumer(AsyncJsonWebsocketConsumer):
 
     async def migration_state(self, event: dict) -> None:
         await self.send_json({"type": "state", "migration": event["migration"]})
+
+
+@database_sync_to_async
+def _vm_readings(pk: int) -> tuple[str, list[dict]] | None:
+    from hosts.models import VirtualMachine
+
+    vm = VirtualMachine.objects.filter(pk=pk).first()
+    if vm is None:
+        return None
+    rows = DirtyRateMeasurement.objects.filter(vm_uuid=vm.uuid)[:200]
+    return vm.uuid, [r.as_dict() for r in reversed(rows)]
+
+
+@database_sync_to_async
+def _any_role(user) -> bool:
+    return has_role(user)
+
+
+class DirtyRateConsumer(AsyncJsonWebsocketConsumer):
+    """Dirty-rate readings of one VM: stored history first, then live ones."""
+
+    async def connect(self) -> None:
+        if not await _any_role(self.scope.get("user")):
+            await self.close(code=4403)
+            return
+        found = await _vm_readings(int(self.scope["url_route"]["kwargs"]["pk"]))
+        if found is None:
+            await self.close(code=4404)
+            return
+        vm_uuid, readings = found
+        self.group = dirty_rate_group(vm_uuid)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_json({"type": "history", "samples": readings})
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def dirtyrate_sample(self, event: dict) -> None:
+        await self.send_json({"type": "sample", "sample": event["sample"]})
+
+    async def dirtyrate_done(self, event: dict) -> None:
+        await self.send_json({"type": "done", "series": event["series"], "count": event["count"]})

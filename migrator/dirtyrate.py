@@ -1,7 +1,129 @@
-"""Dirty-rate measurements (R8) shown on the VM page."""
+"""Dirty-rate measurement (R8): an RQ job measures a VM's dirty page rate
+with QEMU's page sampling, window after window for a chosen duration, stores
+each reading and streams it to the VM page's chart."""
 
 from __future__ import annotations
 
+import time
+import uuid as uuidlib
 
-def vm_dirty_rate_context(request, vm) -> dict:
-    return {}
+from django import forms
+
+from hosts import gateway
+from hosts.models import VirtualMachine
+
+from . import live
+from .models import DirtyRateMeasurement, Migration
+from .roles import OPERATORS, has_role
+
+MAX_WINDOW_S = 60
+MAX_DURATION_S = 600
+
+
+def group_name(vm_uuid: str) -> str:
+    return f"dirtyrate-{vm_uuid}"
+
+
+class DirtyRateForm(forms.Form):
+    window_s = forms.IntegerField(
+        min_value=1,
+        max_value=MAX_WINDOW_S,
+        initial=1,
+        label="Window (s)",
+        help_text="Each reading samples pages over this many seconds (calc-time).",
+    )
+    duration_s = forms.IntegerField(
+        min_value=1,
+        max_value=MAX_DURATION_S,
+        initial=10,
+        label="Duration (s)",
+        help_text="Keep measuring, window after window, for this long.",
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        window, duration = cleaned.get("window_s"), cleaned.get("duration_s")
+        if window and duration and duration < window:
+            self.add_error("duration_s", "The duration must be at least one window long.")
+        return cleaned
+
+
+def refusal(vm: VirtualMachine) -> str:
+    """Why a measurement cannot start now, or ''."""
+    if not vm.running:
+        return f"{vm.name} is {vm.state}; only a running VM dirties memory."
+    active = Migration.objects.active().for_vm(vm.uuid).first()
+    if active is not None:
+        return (
+            f"{vm.name} is being migrated (migration #{active.pk}); sampling would conflict with it. "
+            "Measure after the migration ends."
+        )
+    return ""
+
+
+def measure_series(vm_id: int, window_s: int, duration_s: int, series: str, username: str = "") -> int:
+    """The job body: readings until `duration_s` has passed. Returns how many."""
+    vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+    deadline = time.monotonic() + duration_s
+    count = 0
+    while count == 0 or time.monotonic() + window_s <= deadline:
+        if Migration.objects.active().for_vm(vm.uuid).exists():
+            break
+        reading = gateway.dirty_rate(vm.host.connect_uri, vm.uuid, window_s)
+        row = DirtyRateMeasurement.objects.create(
+            vm_uuid=vm.uuid,
+            vm_name=vm.name,
+            host=vm.host,
+            host_name=vm.host.name,
+            series=series,
+            window_s=reading["window_s"] or window_s,
+            mode=reading["mode"],
+            dirty_rate_mib_s=reading["dirty_rate_mib_s"],
+            requested_by_username=username,
+        )
+        live.send(group_name(vm.uuid), {"type": "dirtyrate.sample", "sample": row.as_dict()})
+        count += 1
+    live.send(group_name(vm.uuid), {"type": "dirtyrate.done", "series": series, "count": count})
+    return count
+
+
+def start_measurement(vm: VirtualMachine, window_s: int, duration_s: int, username: str) -> str:
+    import django_rq
+
+    from .jobs import QUEUE
+
+    series = str(uuidlib.uuid4())
+    django_rq.get_queue(QUEUE).enqueue(
+        measure_series,
+        vm.pk,
+        window_s,
+        duration_s,
+        series,
+        username,
+        job_timeout=duration_s + 120,
+        description=f"dirty rate of {vm.name}",
+    )
+    return series
+
+
+def latest(vm_uuid: str) -> DirtyRateMeasurement | None:
+    return DirtyRateMeasurement.objects.filter(vm_uuid=vm_uuid).first()
+
+
+def latest_series(vm_uuid: str) -> list[DirtyRateMeasurement]:
+    last = latest(vm_uuid)
+    if last is None:
+        return []
+    return list(DirtyRateMeasurement.objects.filter(series=last.series).order_by("measured_at"))
+
+
+def vm_dirty_rate_context(request, vm: VirtualMachine) -> dict:
+    history = list(DirtyRateMeasurement.objects.filter(vm_uuid=vm.uuid)[:200])
+    return {
+        "dirty_rate_panel": "migrator/_dirty_rate.html",
+        "dirty_rate_form": DirtyRateForm() if has_role(request.user, OPERATORS) else None,
+        "dirty_rate_latest": history[0] if history else None,
+        "dirty_rate_history": history[:20],
+        "dirty_rate_samples": [m.as_dict() for m in reversed(history)],
+        "dirty_rate_refusal": refusal(vm),
+    }

@@ -105,6 +105,10 @@ class Executor:
     def __init__(self, migration: Migration) -> None:
         self.migration = migration
         self.created_images: list[str] = []
+        # Connect through the hosts' current URIs (TLS material included);
+        # the snapshot URIs serve only when a host was removed.
+        self.src_uri = migration.source.connect_uri if migration.source else migration.source_uri
+        self.dst_uri = migration.destination.connect_uri if migration.destination else migration.destination_uri
 
     def run(self) -> Migration:
         m = self.migration
@@ -148,7 +152,7 @@ class Executor:
         self._create_images(destination)
         spec = build_spec(m, destination)
         run = gateway.MigrationRun(
-            source.uri,
+            self.src_uri,
             m.vm_uuid,
             spec,
             on_sample=self._on_sample,
@@ -197,7 +201,7 @@ class Executor:
             if disk["target"] not in chosen:
                 continue
             gateway.create_volume(
-                destination.uri, disk["source"], disk.get("format") or "raw", int(disk.get("capacity_bytes") or 0)
+                self.dst_uri, disk["source"], disk.get("format") or "raw", int(disk.get("capacity_bytes") or 0)
             )
             self.created_images.append(disk["source"])
             m.log(
@@ -212,7 +216,7 @@ class Executor:
         m = self.migration
         stats = {}
         try:
-            stats = gateway.completed_job_stats(m.destination_uri, m.vm_uuid)
+            stats = gateway.completed_job_stats(self.dst_uri, m.vm_uuid)
         except gateway.GatewayError:
             pass
         final = {**outcome.stats, **stats} if stats else outcome.stats
@@ -224,25 +228,25 @@ class Executor:
             notes.append("The timeout switched the migration to post-copy.")
         if outcome.pin_mode == "emulator":
             try:
-                run.restore_pin_on(m.destination_uri)
+                run.restore_pin_on(self.dst_uri)
                 notes.append(
                     "Migration threads ran pinned to CPUs "
                     f"{m.parameters.get('pin_cpus')} (emulator pinning); the pin was removed on the destination."
                 )
             except gateway.GatewayError as error:
                 notes.append(f"Could not remove the emulator pin on the destination: {error.message}")
-        state = self._safe(lambda: gateway.vm_state(m.destination_uri, m.vm_uuid))
+        state = self._safe(lambda: gateway.vm_state(self.dst_uri, m.vm_uuid))
         notes.append(f"The VM is {state or 'not found'} on {m.destination_name}.")
         m.finish(final, note=" ".join(notes))
 
     def _settle_failure(self, error, *, cancelled: bool = False, note: str = "") -> None:
         """Find where the VM is, clean the destination, and record it truthfully."""
         m = self.migration
-        on_source = self._safe(lambda: gateway.vm_state(m.source_uri, m.vm_uuid))
-        on_dest = self._safe(lambda: gateway.vm_state(m.destination_uri, m.vm_uuid))
+        on_source = self._safe(lambda: gateway.vm_state(self.src_uri, m.vm_uuid))
+        on_dest = self._safe(lambda: gateway.vm_state(self.dst_uri, m.vm_uuid))
         if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
             # libvirt reported an error after the switch-over: the VM moved.
-            stats = self._safe(lambda: gateway.completed_job_stats(m.destination_uri, m.vm_uuid)) or {}
+            stats = self._safe(lambda: gateway.completed_job_stats(self.dst_uri, m.vm_uuid)) or {}
             m.finish(
                 stats,
                 note=f"libvirt reported '{error}' after the switch-over, but the VM runs on {m.destination_name}.",
@@ -250,15 +254,15 @@ class Executor:
             return
         notes = [note] if note else []
         if on_dest is not None and on_dest not in gateway.RUNNING_STATES:
-            if self._safe(lambda: gateway.destroy_leftover(m.destination_uri, m.vm_uuid)):
+            if self._safe(lambda: gateway.destroy_leftover(self.dst_uri, m.vm_uuid)):
                 notes.append(f"Removed the paused copy left on {m.destination_name}.")
         for path in self.created_images:
-            if self._safe(lambda p=path: gateway.delete_volume(m.destination_uri, p) or True):
+            if self._safe(lambda p=path: gateway.delete_volume(self.dst_uri, p) or True):
                 notes.append(f"Deleted {path} created on {m.destination_name}.")
         if on_source == "paused":
             # A suspend-on-timeout that then failed must not leave the guest paused.
-            self._safe(lambda: gateway.resume_vm(m.source_uri, m.vm_uuid))
-            on_source = self._safe(lambda: gateway.vm_state(m.source_uri, m.vm_uuid))
+            self._safe(lambda: gateway.resume_vm(self.src_uri, m.vm_uuid))
+            on_source = self._safe(lambda: gateway.vm_state(self.src_uri, m.vm_uuid))
         if on_source in gateway.RUNNING_STATES:
             notes.append(f"The VM is still running on {m.source_name}.")
             location = m.source_name
@@ -323,17 +327,17 @@ def reconcile(wait_s: float = 600) -> list[Migration]:
         executor = Executor(m)
         try:
             deadline = time.monotonic() + wait_s
-            while gateway.active_job(m.source_uri, m.vm_uuid):
+            while gateway.active_job(executor.src_uri, m.vm_uuid):
                 if m.state == MigrationState.CANCELLING or time.monotonic() > deadline:
-                    gateway.abort_job(m.source_uri, m.vm_uuid)
+                    gateway.abort_job(executor.src_uri, m.vm_uuid)
                 time.sleep(0.5)
                 m.refresh_from_db()
         except gateway.GatewayError as error:
             log.warning("reconcile %s: %s", m.pk, error)
-        on_source = executor._safe(partial(gateway.vm_state, m.source_uri, m.vm_uuid))
-        on_dest = executor._safe(partial(gateway.vm_state, m.destination_uri, m.vm_uuid))
+        on_source = executor._safe(partial(gateway.vm_state, executor.src_uri, m.vm_uuid))
+        on_dest = executor._safe(partial(gateway.vm_state, executor.dst_uri, m.vm_uuid))
         if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
-            stats = executor._safe(partial(gateway.completed_job_stats, m.destination_uri, m.vm_uuid)) or {}
+            stats = executor._safe(partial(gateway.completed_job_stats, executor.dst_uri, m.vm_uuid)) or {}
             m.finish(
                 stats,
                 note="The worker died, but the migration completed inside libvirt; "

@@ -47,7 +47,7 @@ def migration_state(migration) -> dict[str, Any]:
     }
 
 
-def _send(group: str, message: dict[str, Any]) -> None:
+def send(group: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
@@ -60,11 +60,11 @@ def _send(group: str, message: dict[str, Any]) -> None:
 def publish_sample(migration, sample: dict[str, Any], read_at: float | None = None) -> None:
     # read_at (epoch seconds) lets the benchmark measure sample→browser latency.
     payload = {"type": "migration.sample", "id": migration.pk, "sample": sample, "read_at": read_at or time.time()}
-    _send(migration.group_name, payload)
-    _send(LIST_GROUP, payload)
+    send(migration.group_name, payload)
+    send(LIST_GROUP, payload)
 
 
 def publish_state(migration) -> None:
     payload = {"type": "migration.state", "id": migration.pk, "migration": migration_state(migration)}
-    _send(migration.group_name, payload)
-    _send(LIST_GROUP, payload)
+    send(migration.group_name, payload)
+    send(LIST_GROUP, payload)

@@ -427,3 +427,33 @@ def _lock_audit_chain() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(7401)")
+
+
+class DirtyRateMeasurement(models.Model):
+    """One page-sampling dirty-rate reading of a VM (R8). Readings taken by
+    the same request share a `series`."""
+
+    vm_uuid = models.CharField(max_length=36, db_index=True)
+    vm_name = models.CharField(max_length=255)
+    host = models.ForeignKey("hosts.Host", null=True, on_delete=models.SET_NULL, related_name="+")
+    host_name = models.CharField(max_length=100)
+    series = models.CharField(max_length=36, db_index=True)
+    measured_at = models.DateTimeField(default=timezone.now)
+    window_s = models.PositiveIntegerField()
+    mode = models.CharField(max_length=32, default="page-sampling")
+    dirty_rate_mib_s = models.FloatField()
+    requested_by_username = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-measured_at", "-pk"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.pk,
+            "series": self.series,
+            "measured_at": self.measured_at.isoformat(),
+            "window_s": self.window_s,
+            "mode": self.mode,
+            "dirty_rate_mib_s": round(self.dirty_rate_mib_s, 3),
+            "host_name": self.host_name,
+        }

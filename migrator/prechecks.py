@@ -111,8 +111,8 @@ def run_prechecks(
         return report
 
     facts = Facts()
-    facts.source_info, facts.source_error = _read(lambda: gateway.host_info(source.uri))
-    state, state_error = _read(lambda: gateway.vm_state(source.uri, vm.uuid))
+    facts.source_info, facts.source_error = _read(lambda: gateway.host_info(source.connect_uri))
+    state, state_error = _read(lambda: gateway.vm_state(source.connect_uri, vm.uuid))
     if facts.source_error or state_error:
         error = facts.source_error or state_error
         report.add("source reachable", FAIL, f"{source.name} does not answer: {error.message}", "R1")
@@ -123,7 +123,7 @@ def run_prechecks(
     else:
         report.add("VM running", PASS, f"{vm.name} is running on {source.name}", "R2")
 
-    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(destination.uri))
+    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(destination.connect_uri))
     if facts.dest_error:
         report.add(
             "destination reachable",
@@ -191,7 +191,7 @@ def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
             "R3",
         )
         return
-    ok, message = _read(lambda: gateway.compare_guest_cpu(destination.uri, vm_dict))
+    ok, message = _read(lambda: gateway.compare_guest_cpu(destination.connect_uri, vm_dict))
     if message is not None:
         report.add("CPU model", FAIL, f"Could not compare CPUs on {destination.name}: {message.message}", "R3")
     elif not ok[0]:
@@ -253,8 +253,8 @@ def _check_networks(report, vm, src, dst) -> None:
 
 
 def _check_name_free(report, vm, destination) -> None:
-    by_uuid, error = _read(lambda: gateway.find_vm(destination.uri, uuid=vm.uuid))
-    by_name, error2 = _read(lambda: gateway.find_vm(destination.uri, name=vm.name))
+    by_uuid, error = _read(lambda: gateway.find_vm(destination.connect_uri, uuid=vm.uuid))
+    by_name, error2 = _read(lambda: gateway.find_vm(destination.connect_uri, name=vm.name))
     if error or error2:
         report.add("name free", FAIL, f"Could not list VMs on {destination.name}: {(error or error2).message}")
     elif by_uuid or by_name:
@@ -293,7 +293,7 @@ def _check_storage(report, vm, source, destination, params) -> None:
                     "R6",
                 )
                 continue
-            info, error = _read(lambda p=path: gateway.path_info(destination.uri, p))
+            info, error = _read(lambda p=path: gateway.path_info(destination.connect_uri, p))
             if error or not info.exists:
                 report.add(
                     f"disk {target}",
@@ -340,7 +340,7 @@ def _check_storage(report, vm, source, destination, params) -> None:
 
 def _check_local_disk(report, disk, destination, *, create: bool, copied: bool) -> None:
     target, path = disk["target"], disk["source"]
-    info, error = _read(lambda: gateway.path_info(destination.uri, path))
+    info, error = _read(lambda: gateway.path_info(destination.connect_uri, path))
     if error:
         report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R6")
     elif info.is_block_device:
@@ -384,7 +384,7 @@ def _check_space(report, vm, destination, params) -> None:
     need = sum(d.get("capacity_bytes") or 0 for d in chosen_disks(vm, params))
     free = None
     for disk in chosen_disks(vm, params):
-        info, error = _read(lambda p=disk["source"]: gateway.path_info(destination.uri, p))
+        info, error = _read(lambda p=disk["source"]: gateway.path_info(destination.connect_uri, p))
         if info is not None and info.pool_available_bytes is not None:
             free = info.pool_available_bytes
             break

@@ -10,6 +10,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("hosts/", include("hosts.urls")),
     path("migrations/", include("migrator.migration_urls")),
+    path("vms/<int:pk>/dirty-rate/", views.vm_dirty_rate, name="vm_dirty_rate"),
     path("admin/", admin.site.urls),
     path("django-rq/", include("django_rq.urls")),
 ]

@@ -7,6 +7,7 @@ from django.views.decorators.http import require_POST
 from hosts.models import Host, VirtualMachine
 from hosts.views import audit
 
+from . import dirtyrate
 from .live import migration_state, publish_state
 from .models import Migration
 from .roles import AUDITORS, OPERATORS, has_role, role_required
@@ -73,3 +74,21 @@ def migration_cancel(request, pk: int):
     else:
         messages.warning(request, f"Migration #{migration.pk} is already {migration.get_state_display().lower()}.")
     return redirect(migration)
+
+
+@require_POST
+@role_required(OPERATORS)
+def vm_dirty_rate(request, pk: int):
+    vm = get_object_or_404(VirtualMachine.objects.select_related("host"), pk=pk)
+    form = dirtyrate.DirtyRateForm(request.POST)
+    reason = dirtyrate.refusal(vm)
+    if reason:
+        messages.error(request, reason)
+    elif not form.is_valid():
+        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+    else:
+        window, duration = form.cleaned_data["window_s"], form.cleaned_data["duration_s"]
+        dirtyrate.start_measurement(vm, window, duration, request.user.username)
+        audit(request, "vm.dirty_rate_measured", vm, window_s=window, duration_s=duration)
+        messages.success(request, f"Measuring {vm.name}'s dirty rate: {window} s windows for {duration} s.")
+    return redirect(vm)

@@ -16,12 +16,13 @@ from .executor import queue_migration
 from .forms import MigrationForm
 from .models import Migration
 from .prechecks import run_prechecks
+from .prediction import predict_for
 from .roles import OPERATORS, role_required
 
 
 def _features(vm: VirtualMachine) -> gateway.MigrationFeatures | None:
     try:
-        return gateway.migration_features(vm.host.uri, vm.uuid)
+        return gateway.migration_features(vm.host.connect_uri, vm.uuid)
     except gateway.GatewayError:
         return None
 
@@ -48,7 +49,7 @@ def new_migration(request):
     form = MigrationForm(request.POST, vm=vm, features=features)
     if not form.is_valid() or "edit" in request.POST:
         return _render_parameters(request, vm, destination, form, features)
-    prediction = _prediction(vm, destination, form.parameters())
+    prediction = predict_for(vm, destination, form.parameters())
     if "start" not in request.POST:
         return render(
             request,
@@ -90,12 +91,24 @@ def new_migration(request):
     return redirect(migration)
 
 
-def _prediction(vm: VirtualMachine, destination: Host, parameters: dict) -> dict:
-    try:
-        from .prediction import predict_for
-    except ImportError:
-        return {}
-    return predict_for(vm, destination, parameters)
+def _post_items(form: MigrationForm, overrides: dict) -> list[tuple[str, str]]:
+    """The form's cleaned values as POST pairs, so the review step can resend
+    them (and each recommendation can resend them changed)."""
+    values = {**form.cleaned_data, **overrides}
+    items: list[tuple[str, str]] = []
+    for name, value in values.items():
+        if name not in form.fields:
+            continue
+        if name == "destination":
+            items.append((name, str(value.pk)))
+        elif isinstance(value, bool):
+            if value:
+                items.append((name, "on"))
+        elif isinstance(value, list | tuple):
+            items.extend((name, str(v)) for v in value)
+        else:
+            items.append((name, "" if value is None else str(value)))
+    return items
 
 
 def _pick_vm(request):

@@ -1,0 +1,172 @@
+"""Queue a live migration from the command line, through exactly the same
+form, pre-checks, queue and record as the browser wizard."""
+
+from __future__ import annotations
+
+import time
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import IntegrityError
+
+from hosts import gateway, inventory
+from hosts.models import Host
+from migrator.executor import queue_migration
+from migrator.forms import DEFAULT_MAX_DOWNTIME_MS, MigrationForm
+from migrator.models import AuditEvent, Migration, MigrationState
+from migrator.prediction import predict_for
+from migrator.roles import OPERATORS, has_role
+
+MIB = 1024 * 1024
+
+
+class Command(BaseCommand):
+    help = "Live-migrate a VM: migrate_vm VM --from HOST --to HOST [options]. Exit 0 only when it succeeded."
+
+    def add_arguments(self, parser):
+        parser.add_argument("vm", help="VM name or UUID on the source host")
+        parser.add_argument("--from", dest="source", required=True, help="source host name")
+        parser.add_argument("--to", dest="destination", required=True, help="destination host name")
+        parser.add_argument("--user", required=True, help="the operator recorded as starting it")
+        parser.add_argument("--bandwidth", type=int, default=0, help="MiB/s, 0 = unlimited")
+        parser.add_argument("--max-downtime", type=int, default=DEFAULT_MAX_DOWNTIME_MS, help="milliseconds")
+        parser.add_argument("--auto-converge", action="store_true")
+        parser.add_argument("--timeout", type=int, help="seconds of pre-copy before --timeout-action")
+        parser.add_argument("--timeout-action", choices=["suspend", "postcopy", "abort"], default="suspend")
+        parser.add_argument("--disks", default="", help="comma-separated targets to copy, e.g. vda,vdb")
+        parser.add_argument("--no-create-images", action="store_true", help="copy into existing images")
+        parser.add_argument("--compression", default="", help="xbzrle, mt, zlib or zstd (what the host supports)")
+        parser.add_argument("--compression-level", type=int)
+        parser.add_argument("--compression-threads", type=int)
+        parser.add_argument("--decompression-threads", type=int)
+        parser.add_argument("--tls", action="store_true")
+        parser.add_argument("--parallel", type=int, default=0, help="parallel connections (multifd), 2 or more")
+        parser.add_argument("--pin", default="", help="CPUs for the migration threads, e.g. 0-1")
+        parser.add_argument("--transient", action="store_true", help="do not keep the VM persistent on the destination")
+        parser.add_argument("--keep-source", action="store_true", help="do not undefine the VM on the source")
+        parser.add_argument("--unsafe", action="store_true")
+        parser.add_argument("--wait", action="store_true", help="print progress until the migration ends")
+        parser.add_argument(
+            "--run-here", action="store_true", help="run the migration in this process instead of an RQ worker"
+        )
+
+    def handle(self, *args, **o):
+        user = self._user(o["user"])
+        source = self._host(o["source"])
+        destination = self._host(o["destination"])
+        inventory.refresh_host(source)
+        if source.inventory_error:
+            raise CommandError(f"{source.name} does not answer: {source.inventory_error}")
+        vm = source.vms.filter(name=o["vm"]).first() or source.vms.filter(uuid=o["vm"]).first()
+        if vm is None:
+            raise CommandError(f"No VM named {o['vm']} on {source.name}.")
+        data = {
+            "destination": destination.pk,
+            "disks": [d for d in o["disks"].split(",") if d],
+            "create_images": not o["no_create_images"],
+            "max_downtime_ms": o["max_downtime"],
+            "bandwidth_mib_s": o["bandwidth"],
+            "auto_converge": o["auto_converge"],
+            "timeout_s": o["timeout"] or "",
+            "timeout_action": o["timeout_action"] if o["timeout"] else "",
+            "compression": o["compression"],
+            "compression_level": "" if o["compression_level"] is None else o["compression_level"],
+            "compression_threads": o["compression_threads"] or "",
+            "decompression_threads": o["decompression_threads"] or "",
+            "parallel_connections": o["parallel"],
+            "tls": o["tls"],
+            "pin_cpus": o["pin"],
+            "persistent_dest": not o["transient"],
+            "undefine_source": not o["keep_source"],
+            "unsafe": o["unsafe"],
+        }
+        # Unticked checkboxes are absent from a browser's POST; mirror that.
+        data = {k: v for k, v in data.items() if v is not False}
+        try:
+            features = gateway.migration_features(source.connect_uri, vm.uuid)
+        except gateway.GatewayError:
+            features = None
+        form = MigrationForm(data, vm=vm, features=features)
+        valid = form.is_valid()
+        if form.report is not None:
+            for check in form.report.checks:
+                self.stdout.write(f"  {check.status.upper():4}  {check.name}: {check.message}")
+        if not valid:
+            raise CommandError(_first_error(form))
+        try:
+            migration = queue_migration(
+                vm=vm,
+                destination=destination,
+                parameters=form.parameters(),
+                report=form.report,
+                user=user,
+                prediction=predict_for(vm, destination, form.parameters()),
+            )
+        except IntegrityError:
+            existing = Migration.objects.active().for_vm(vm.uuid).first()
+            number = existing.pk if existing else "?"
+            raise CommandError(f"{vm.name} is already being migrated (migration #{number}).") from None
+        AuditEvent.record("migration.started", actor=user, obj=migration, details={"via": "migrate_vm"})
+        self.stdout.write(f"Queued migration #{migration.pk}: {vm.name} {source.name} → {destination.name}")
+        if o["run_here"]:
+            from migrator.executor import Executor
+
+            Executor(migration).run()
+        if not (o["wait"] or o["run_here"]):
+            return
+        migration = self._wait(migration)
+        self._summary(migration)
+        if migration.state != MigrationState.SUCCEEDED:
+            raise CommandError(f"Migration #{migration.pk} {migration.state}: {_reason(migration)}")
+
+    def _wait(self, migration: Migration) -> Migration:
+        last = None
+        while True:
+            migration.refresh_from_db()
+            sample = migration.last_sample
+            if sample and sample.get("elapsed_ms") != last:
+                last = sample.get("elapsed_ms")
+                total = sample.get("data_total_bytes") or 1
+                self.stdout.write(
+                    f"  {sample['elapsed_ms'] / 1000:7.1f} s  {100 * sample['data_processed_bytes'] / total:5.1f} %  "
+                    f"iteration {sample['iteration']}  {sample['throughput_mib_s']:.1f} MiB/s  "
+                    f"dirty {sample['dirty_rate_mib_s']:.1f} MiB/s  "
+                    f"remaining {sample['data_remaining_bytes'] / MIB:.1f} MiB"
+                )
+            if not migration.is_active:
+                return migration
+            time.sleep(1)
+
+    def _summary(self, m: Migration) -> None:
+        self.stdout.write(
+            f"Migration #{m.pk} {m.state}: total {m.total_time_ms} ms, downtime {m.downtime_ms} ms, "
+            f"data {(m.data_processed_bytes or 0) / MIB:.1f} MiB, iterations {m.iterations}. {m.outcome_note}"
+        )
+
+    def _user(self, username: str):
+        if not username:
+            return None
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            raise CommandError(f"No user named {username}; create one with manage.py create_user.")
+        if not has_role(user, OPERATORS):
+            raise CommandError(f"{username} is not an operator; only operators start migrations.")
+        return user
+
+    def _host(self, name: str) -> Host:
+        host = Host.objects.filter(name=name).first()
+        if host is None:
+            names = ", ".join(Host.objects.values_list("name", flat=True)) or "none registered"
+            raise CommandError(f"No host named {name} (hosts: {names}).")
+        return host
+
+
+def _first_error(form: MigrationForm) -> str:
+    for field, errors in form.errors.items():
+        label = "" if field == "__all__" else f"{field}: "
+        return f"{label}{errors[0]}"
+    return "The parameters are not valid."
+
+
+def _reason(m: Migration) -> str:
+    return " ".join(x for x in (m.error_message, m.outcome_note) if x) or "see the record"

@@ -1,0 +1,129 @@
+"""Feeds the planner what the dashboard knows: the VM's memory, its latest
+dirty-rate series, the bandwidth (the cap, or the throughput learned from
+earlier uncapped migrations between the same two hosts) and the chosen
+parameters."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from hosts.models import Host, VirtualMachine
+
+from . import planner
+from .dirtyrate import latest_series
+from .models import Migration, MigrationState
+
+# The learned link speed needs this many finished uncapped migrations.
+LEARN_MIN_SAMPLES = 1
+
+
+def learned_throughput_mib_s(source_name: str, destination_name: str) -> float | None:
+    """Average throughput of recent uncapped migrations between the two hosts.
+    A capped migration says nothing about the link, so it is left out."""
+    rows = Migration.objects.filter(
+        state=MigrationState.SUCCEEDED,
+        source_name=source_name,
+        destination_name=destination_name,
+        avg_throughput_mib_s__isnull=False,
+    ).order_by("-finished_at")[:20]
+    speeds = [
+        m.avg_throughput_mib_s
+        for m in rows
+        if not m.parameters.get("bandwidth_mib_s") and not m.parameters.get("disks") and m.avg_throughput_mib_s
+    ]
+    if len(speeds) < LEARN_MIN_SAMPLES:
+        return None
+    return planner.learned_bandwidth(speeds)
+
+
+def plan_input(
+    memory_mib: float,
+    dirty_rate_mib_s: float,
+    curve: list[tuple[float, float]],
+    bandwidth_mib_s: float,
+    is_cap: bool,
+    parameters: dict[str, Any],
+) -> planner.PlanInput:
+    compression = parameters.get("compression") or None
+    action = parameters.get("timeout_action") or None
+    return planner.PlanInput(
+        memory_mib=memory_mib,
+        dirty_rate_mib_s=dirty_rate_mib_s,
+        dirty_rate_curve=tuple(curve),
+        bandwidth_mib_s=bandwidth_mib_s,
+        bandwidth_is_cap=is_cap,
+        max_downtime_ms=float(parameters.get("max_downtime_ms") or 300),
+        auto_converge=bool(parameters.get("auto_converge")),
+        compression=compression,
+        parallel_connections=max(1, int(parameters.get("parallel_connections") or 1)),
+        timeout_s=parameters.get("timeout_s") or None,
+        timeout_action=action if parameters.get("timeout_s") else None,
+    )
+
+
+def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The prediction stored on the migration and shown on the review step."""
+    series = latest_series(vm.uuid)
+    if not series:
+        return {
+            "available": False,
+            "reason": "Measure the VM's dirty page rate first (VM page → Dirty page rate) to get a prediction.",
+        }
+    dirty = statistics.mean(m.dirty_rate_mib_s for m in series)
+    by_window: dict[int, list[float]] = {}
+    for m in series:
+        by_window.setdefault(m.window_s, []).append(m.dirty_rate_mib_s)
+    curve = sorted((w, statistics.mean(v)) for w, v in by_window.items()) if len(by_window) > 1 else []
+    cap = int(parameters.get("bandwidth_mib_s") or 0)
+    learned = learned_throughput_mib_s(vm.host.name, destination.name)
+    if cap:
+        bandwidth, source = float(cap), "the bandwidth limit"
+        if learned:
+            bandwidth = min(bandwidth, learned)
+            source = "the bandwidth limit" if cap <= learned else "the measured link speed (below the limit)"
+    elif learned:
+        bandwidth, source = learned, "the throughput of earlier migrations between these hosts"
+    else:
+        return {
+            "available": False,
+            "reason": "No bandwidth limit is set and no earlier migration between these hosts measured the "
+            "link: set a bandwidth limit to get a prediction, or migrate once to learn the link.",
+            "dirty_rate_mib_s": dirty,
+        }
+    inp = plan_input(vm.memory_kib / 1024, dirty, curve, bandwidth, bool(cap), parameters)
+    result = planner.plan(inp)
+    return {
+        "available": True,
+        "dirty_rate_mib_s": round(dirty, 3),
+        "measured_at": series[-1].measured_at.isoformat(),
+        "bandwidth_mib_s": round(bandwidth, 2),
+        "bandwidth_source": source,
+        "plan": result.as_dict(),
+        "form_changes": [form_changes(r, result) for r in result.recommendations],
+    }
+
+
+def form_changes(rec: planner.Recommendation, result: planner.Plan) -> dict[str, Any]:
+    """A recommendation in the wizard form's terms, so it can be applied."""
+    changes: dict[str, Any] = {}
+    for key, value in rec.changes.items():
+        if key in ("max_downtime_ms", "bandwidth_mib_s"):
+            changes[key] = int(math.ceil(value))
+        elif key == "auto_converge":
+            changes[key] = bool(value)
+        elif key == "compression":
+            changes[key] = value or ""
+        elif key == "parallel_connections":
+            changes[key] = int(value)
+        elif key == "timeout_s":
+            changes[key] = int(math.ceil(value)) if value else ""
+        elif key == "timeout_action":
+            changes[key] = value or "suspend"
+        elif key == "postcopy" and value:
+            # The wizard switches to post-copy through the timeout: after the first pass.
+            first_pass_s = result.iterations_detail[0].duration_s if result.iterations_detail else 1
+            changes["timeout_s"] = max(1, int(math.ceil(first_pass_s)))
+            changes["timeout_action"] = "postcopy"
+    return {"parameter": rec.parameter, "value": rec.value, "explanation": rec.explanation, "changes": changes}
