@@ -53,6 +53,10 @@ ERROR_HINTS = {
     libvirt.VIR_ERR_CPU_INCOMPATIBLE: (
         "The destination CPU cannot run this VM's CPU model; migrate between identical hosts."
     ),
+    libvirt.VIR_ERR_MIGRATE_UNSAFE: (
+        "libvirt does not recognise the storage as shared (it knows NFS, GFS2, OCFS2, CephFS and a few others). "
+        "If the disks really are on shared storage mounted at the same path on both hosts, tick 'unsafe'."
+    ),
     libvirt.VIR_ERR_OPERATION_FAILED: "The operation failed on the host; the message says why.",
     libvirt.VIR_ERR_INTERNAL_ERROR: "libvirt reported an internal error; the host's libvirtd log has details.",
 }
@@ -650,7 +654,7 @@ class MigrationFeatures:
     migration_pin: bool  # openEuler's `migration.pin` typed parameter
     postcopy: bool
     parallel: bool
-    max_speed_mib_s: int | None
+    max_speed_mib_s: int | None  # what migrate-getspeed reads back
     max_downtime_ms: int | None
     libvirt_version: int
     qemu_version: int
@@ -675,8 +679,8 @@ def migration_features(uri: str, uuid: str | None = None) -> MigrationFeatures:
         if uuid:
             try:
                 dom = conn.lookupByUUIDString(uuid)
-                speed = int(dom.migrateGetMaxSpeed(0))
-                downtime = int(dom.migrateGetMaxDowntime(0))
+                speed = dom.migrateGetMaxSpeed(0)
+                downtime = dom.migrateGetMaxDowntime(0)
             except (libvirt.libvirtError, AttributeError):
                 pass
         return MigrationFeatures(

@@ -6,4 +6,5 @@ class MigratorConfig(AppConfig):
     verbose_name = "Migrations"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        # Registers the system checks and the audit signal receivers.
+        from . import checks, signals  # noqa: F401

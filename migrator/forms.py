@@ -112,8 +112,8 @@ class MigrationForm(forms.Form):
     )
     unsafe = forms.BooleanField(
         required=False,
-        help_text="--unsafe: skip libvirt's cache-safety check. Only for shared storage libvirt cannot "
-        "recognise; misuse can corrupt disks.",
+        help_text="--unsafe: skip libvirt's storage-safety check. Needed for shared storage libvirt does not "
+        "recognise (it knows NFS, GFS2, OCFS2, CephFS…); on local disks that are not copied it corrupts them.",
     )
 
     def __init__(self, *args, vm: VirtualMachine, features: gateway.MigrationFeatures | None = None, **kwargs):
@@ -128,6 +128,11 @@ class MigrationForm(forms.Form):
         self.fields["disks"].choices = [(v.target, v.target) for v in verdicts if v.migratable]
         if vm.storage_class == StorageClass.NON_SHARED:
             self.fields["disks"].initial = [v.target for v in verdicts if v.migratable]
+        # The guide's shared-storage command is `virsh migrate --live --unsafe`: libvirt only
+        # recognises NFS, GFS2, OCFS2, CephFS and a few others as shared and refuses the rest.
+        self.fields["unsafe"].initial = self.default_unsafe = any(
+            v.shared and not v.migratable and v.reason != "read-only disks cannot be migrated (R6)" for v in verdicts
+        )
         methods = features.compression_methods if features else []
         self.fields["compression"].choices = [("", "None")] + [(m, COMPRESSION_LABELS.get(m, m)) for m in methods]
         if features and features.max_downtime_ms:

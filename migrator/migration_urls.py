@@ -1,10 +1,13 @@
 from django.urls import path
 
-from . import views, wizard
+from . import history_views, views, wizard
 
 app_name = "migrator"
 urlpatterns = [
-    path("", views.migration_list, name="list"),
+    path("", history_views.history, name="list"),
+    path("export.csv", history_views.export_csv, name="export_csv"),
+    path("export.json", history_views.export_json, name="export_json"),
+    path("audit/", history_views.audit_log, name="audit"),
     path("new/", wizard.new_migration, name="new"),
     path("<int:pk>/", views.migration_detail, name="detail"),
     path("<int:pk>/cancel/", views.migration_cancel, name="cancel"),

@@ -18,6 +18,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.ipv6 import clean_ipv6_address
 
 
 class MigrationState(models.TextChoices):
@@ -41,7 +42,16 @@ STATE_BADGES = {
 }
 
 
-class MigrationQuerySet(models.QuerySet):
+class AppendOnlyError(Exception):
+    """Raised when code tries to rewrite or delete an append-only record."""
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    def delete(self):
+        raise AppendOnlyError(f"{self.model._meta.verbose_name_plural} are never deleted.")
+
+
+class MigrationQuerySet(AppendOnlyQuerySet):
     def active(self) -> MigrationQuerySet:
         return self.filter(state__in=ACTIVE_STATES)
 
@@ -125,6 +135,18 @@ class Migration(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("migrator:detail", args=[self.pk])
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # After the insert a row changes only through the conditional updates
+        # of its transitions: a whole-row save could undo a racing transition
+        # and would let the history be rewritten.
+        if not self._state.adding:
+            raise AppendOnlyError("A migration record changes only through its state transitions.")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any):
+        raise AppendOnlyError("Migration records are never deleted.")
 
     @property
     def badge(self) -> str:
@@ -369,8 +391,19 @@ class AuditEvent(models.Model):
     prev_hash = models.CharField(max_length=64, blank=True)
     hash = models.CharField(max_length=64, blank=True)
 
+    objects = AppendOnlyQuerySet.as_manager()
+
     class Meta:
         ordering = ["-at", "-pk"]
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("Audit events are never changed.")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any):
+        raise AppendOnlyError("Audit events are never deleted.")
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_username or '-'} {self.action} {self.object_repr}"
@@ -407,7 +440,8 @@ class AuditEvent(models.Model):
             event = cls(
                 actor=actor if getattr(actor, "pk", None) else None,
                 actor_username=getattr(actor, "username", "") or "",
-                client_address=client_address,
+                # Hashed as the database will return it (IPv6 in canonical form).
+                client_address=_canonical_address(client_address),
                 action=action,
                 object_type=obj._meta.label_lower if obj is not None else "",
                 object_id=str(obj.pk) if obj is not None else "",
@@ -418,6 +452,10 @@ class AuditEvent(models.Model):
             event.hash = event.compute_hash()
             event.save()
             return event
+
+
+def _canonical_address(address: str | None) -> str | None:
+    return clean_ipv6_address(address) if address and ":" in address else address
 
 
 def _lock_audit_chain() -> None:

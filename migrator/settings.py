@@ -6,6 +6,7 @@ DATABASE_URL; `python manage.py check --deploy` warns about what is unsafe.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -87,14 +88,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = os.getenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Under pytest, another Redis database and channel prefix: a demo's worker must
+# never run a test's job, nor a test a demo's.
+TESTING = "pytest" in sys.modules
+REDIS_URL = os.getenv("REDIS_URL", "redis://127.0.0.1:6379/15" if TESTING else "redis://127.0.0.1:6379/0")
 RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": envint("RQ_DEFAULT_TIMEOUT", "7200")},
 }
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.getenv("CHANNELS_PREFIX", "asgi")},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.getenv("CHANNELS_PREFIX", "test-asgi" if TESTING else "asgi")},
     }
 }
 

@@ -1,5 +1,4 @@
 import importlib.util
-
 import pytest
 from django.contrib.auth.models import Group, User
 
@@ -13,10 +12,17 @@ if importlib.util.find_spec("tests.lab_fixtures"):
 PASSWORD = "pass-word-123"
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings):
+    # Production's PBKDF2 costs ~0.3 s per user; tests make many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def make_user(username: str, *roles: str, superuser: bool = False) -> User:
     user = User.objects.create_user(username, password=PASSWORD, is_superuser=superuser, is_staff=superuser)
     for role in roles:
-        user.groups.add(Group.objects.get(name=role))
+        # get_or_create: transactional tests flush the groups the data migration made.
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     return user
 
 

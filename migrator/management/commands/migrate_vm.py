@@ -3,6 +3,7 @@ form, pre-checks, queue and record as the browser wizard."""
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from django.contrib.auth import get_user_model
@@ -44,7 +45,12 @@ class Command(BaseCommand):
         parser.add_argument("--pin", default="", help="CPUs for the migration threads, e.g. 0-1")
         parser.add_argument("--transient", action="store_true", help="do not keep the VM persistent on the destination")
         parser.add_argument("--keep-source", action="store_true", help="do not undefine the VM on the source")
-        parser.add_argument("--unsafe", action="store_true")
+        parser.add_argument(
+            "--unsafe",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="skip libvirt's storage-safety check (default: on when disks stay on shared storage, as the guide does)",
+        )
         parser.add_argument("--wait", action="store_true", help="print progress until the migration ends")
         parser.add_argument(
             "--run-here", action="store_true", help="run the migration in this process instead of an RQ worker"
@@ -86,6 +92,10 @@ class Command(BaseCommand):
             features = gateway.migration_features(source.connect_uri, vm.uuid)
         except gateway.GatewayError:
             features = None
+        if o["unsafe"] is None:
+            data.pop("unsafe", None)
+            if MigrationForm(vm=vm, features=features).default_unsafe:
+                data["unsafe"] = True
         form = MigrationForm(data, vm=vm, features=features)
         valid = form.is_valid()
         if form.report is not None:
