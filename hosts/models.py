@@ -164,3 +164,7 @@ class VirtualMachine(models.Model):
     @property
     def is_shared(self) -> bool:
         return self.storage_class == StorageClass.SHARED
+
+
+# The certificate store lives in its own module; imported here so Django sees its models.
+from .certstore import Certificate, HostTLS  # noqa: E402, F401

@@ -1,4 +1,5 @@
 import importlib.util
+
 import pytest
 from django.contrib.auth.models import Group, User
 

@@ -21,7 +21,8 @@ DOMAIN_XML = """
     <disk type='network' device='disk'><driver name='qemu' type='raw'/>
       <source protocol='rbd' name='pool/img'><host name='ceph1'/></source><target dev='vdd' bus='virtio'/></disk>
     <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
-    <interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/><model type='virtio'/></interface>
+    <interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/>
+      <model type='virtio'/></interface>
     <interface type='bridge'><mac address='52:54:00:00:00:02'/><source bridge='br0'/></interface>
   </devices>
 </domain>

@@ -49,7 +49,8 @@ class Command(BaseCommand):
             "--unsafe",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="skip libvirt's storage-safety check (default: on when disks stay on shared storage, as the guide does)",
+            help="skip libvirt's storage-safety check (default: on when disks stay on shared storage, "
+            "as the guide does)",
         )
         parser.add_argument("--wait", action="store_true", help="print progress until the migration ends")
         parser.add_argument(
