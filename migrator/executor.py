@@ -16,6 +16,7 @@ import time
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from hosts import gateway, inventory
@@ -157,6 +158,7 @@ class Executor:
             spec,
             on_sample=self._on_sample,
             should_abort=self._cancel_requested,
+            sample_interval_s=settings.MIGRATION_SAMPLE_INTERVAL_S,
         )
         m.log("migrating", f"migrateToURI3 to {spec.dconnuri} (flags {spec.flags()}).")
         try:
