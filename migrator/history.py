@@ -272,6 +272,9 @@ def export_row(migration: Migration) -> dict[str, Any]:
     return {column.name: column.value(migration) for column in EXPORT_COLUMNS}
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def csv_cell(value: Any) -> str:
     if value is None:
         return ""
@@ -279,6 +282,9 @@ def csv_cell(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
+        # A spreadsheet would run "=cmd(...)" typed into a VM or error field.
+        return "'" + value
     return str(value)
 
 

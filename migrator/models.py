@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -446,12 +447,31 @@ class AuditEvent(models.Model):
                 object_type=obj._meta.label_lower if obj is not None else "",
                 object_id=str(obj.pk) if obj is not None else "",
                 object_repr=(object_repr or (str(obj) if obj is not None else ""))[:255],
-                details=json.loads(json.dumps(details or {}, default=str)),
+                details=_stable_json(json.loads(json.dumps(details or {}, default=str))),
                 prev_hash=previous,
             )
             event.hash = event.compute_hash()
             event.save()
             return event
+
+
+def _stable_json(value: Any) -> Any:
+    """JSON as every database hands it back, so the hash still verifies after
+    a round trip: PostgreSQL's jsonb returns 1e+20 as 100000000000000000000
+    and -0.0 as 0.0, and refuses NaN and NUL characters."""
+    if isinstance(value, dict):
+        return {key: _stable_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_stable_json(item) for item in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value.is_integer() and abs(value) >= 1e16:
+            return int(value)
+        return value + 0.0  # -0.0 → 0.0
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    return value
 
 
 def _canonical_address(address: str | None) -> str | None:

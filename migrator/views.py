@@ -37,12 +37,6 @@ def home_extra_context(request) -> dict:
 
 
 @role_required(OPERATORS, AUDITORS)
-def migration_list(request):
-    migrations = Migration.objects.all()[:200]
-    return render(request, "migrator/list.html", {"migrations": migrations})
-
-
-@role_required(OPERATORS, AUDITORS)
 def migration_detail(request, pk: int):
     migration = get_object_or_404(Migration, pk=pk)
     return render(
