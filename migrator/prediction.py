@@ -17,6 +17,8 @@ from .models import Migration, MigrationState
 
 # The learned link speed needs this many finished uncapped migrations.
 LEARN_MIN_SAMPLES = 1
+# Never assume a guest is emptier than this: its next migration may find it busier.
+MAX_ZERO_PAGE_FRACTION = 0.95
 
 
 def learned_throughput_mib_s(source_name: str, destination_name: str) -> float | None:
@@ -28,14 +30,35 @@ def learned_throughput_mib_s(source_name: str, destination_name: str) -> float |
         destination_name=destination_name,
         avg_throughput_mib_s__isnull=False,
     ).order_by("-finished_at")[:20]
-    speeds = [
-        m.avg_throughput_mib_s
-        for m in rows
-        if not m.parameters.get("bandwidth_mib_s") and not m.parameters.get("disks") and m.avg_throughput_mib_s
-    ]
+    speeds = []
+    for m in rows:
+        if m.parameters.get("bandwidth_mib_s") or m.parameters.get("disks"):
+            continue
+        # Sampled throughput while pages flowed; the average over the whole job
+        # also counts set-up and zero pages, which say nothing about the link.
+        sampled = [s for s in m.samples.values_list("throughput_mib_s", flat=True) if s > 0]
+        speed = statistics.median(sampled) if sampled else m.avg_throughput_mib_s
+        if speed:
+            speeds.append(speed)
     if len(speeds) < LEARN_MIN_SAMPLES:
         return None
     return planner.learned_bandwidth(speeds)
+
+
+def learned_zero_page_fraction(vm_uuid: str) -> float:
+    """Share of the VM's memory that its last migration found to be zero
+    pages. QEMU sends those as a few header bytes, so a mostly idle guest's
+    first pass is far shorter than its memory size suggests."""
+    for stats in (
+        Migration.objects.filter(vm_uuid=vm_uuid, state=MigrationState.SUCCEEDED)
+        .order_by("-finished_at")
+        .values_list("final_stats", flat=True)[:5]
+    ):
+        total, zero_pages = stats.get("memory_total"), stats.get("memory_constant")
+        if total and zero_pages is not None:
+            page = stats.get("memory_page_size") or 4096
+            return min(MAX_ZERO_PAGE_FRACTION, max(0.0, zero_pages * page / total))
+    return 0.0
 
 
 def plan_input(
@@ -45,6 +68,7 @@ def plan_input(
     bandwidth_mib_s: float,
     is_cap: bool,
     parameters: dict[str, Any],
+    zero_page_fraction: float = 0.0,
 ) -> planner.PlanInput:
     compression = parameters.get("compression") or None
     action = parameters.get("timeout_action") or None
@@ -60,6 +84,7 @@ def plan_input(
         parallel_connections=max(1, int(parameters.get("parallel_connections") or 1)),
         timeout_s=parameters.get("timeout_s") or None,
         timeout_action=action if parameters.get("timeout_s") else None,
+        zero_page_fraction=zero_page_fraction,
     )
 
 
@@ -92,7 +117,8 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
             "link: set a bandwidth limit to get a prediction, or migrate once to learn the link.",
             "dirty_rate_mib_s": dirty,
         }
-    inp = plan_input(vm.memory_kib / 1024, dirty, curve, bandwidth, bool(cap), parameters)
+    zero = learned_zero_page_fraction(vm.uuid)
+    inp = plan_input(vm.memory_kib / 1024, dirty, curve, bandwidth, bool(cap), parameters, zero)
     result = planner.plan(inp)
     return {
         "available": True,
@@ -100,6 +126,7 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
         "measured_at": series[-1].measured_at.isoformat(),
         "bandwidth_mib_s": round(bandwidth, 2),
         "bandwidth_source": source,
+        "zero_page_fraction": round(zero, 3),
         "plan": result.as_dict(),
         "form_changes": [form_changes(r, result) for r in result.recommendations],
     }

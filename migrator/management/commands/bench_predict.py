@@ -1,0 +1,156 @@
+"""How right are the predictions? Runs a matrix of real lab migrations
+(dirty rates × bandwidth caps, repeated): measures the dirty rate first,
+predicts, migrates, and compares predicted with actual."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand, CommandError
+
+from hosts import inventory
+from hosts.lab import Lab, LabError
+from migrator.dirtyrate import measure_series
+from migrator.executor import Executor, queue_migration
+from migrator.forms import MigrationForm
+from migrator.prediction import predict_for
+from migrator.roles import OPERATORS
+
+BAD_ERROR_PCT = 25.0
+
+
+class Command(BaseCommand):
+    help = "Benchmark the convergence planner against real lab migrations."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dirty", default="0,4,12,24,40", help="MiB rewritten per second by the guests")
+        parser.add_argument("--bandwidth", default="16,32", help="bandwidth caps, MiB/s")
+        parser.add_argument("--repeat", type=int, default=2)
+        parser.add_argument("--memory", type=int, default=256, help="guest memory, MiB")
+        parser.add_argument("--max-downtime", type=int, default=300, help="ms")
+        parser.add_argument("--timeout", type=int, default=45, help="abort a run after this many seconds")
+        parser.add_argument("--window", type=int, default=1, help="dirty-rate window, s")
+        parser.add_argument("--readings", type=int, default=3, help="dirty-rate readings before each run")
+
+    def handle(self, **o):
+        reason = Lab.cannot_run_reason()
+        if reason:
+            raise CommandError(f"The lab cannot run here: {reason}")
+        lab = Lab()
+        try:
+            lab.up(start_guests=False)
+            a, b = lab.register()
+        except LabError as error:
+            raise CommandError(str(error)) from None
+        user, _ = get_user_model().objects.get_or_create(username="bench")
+        user.groups.add(Group.objects.get_or_create(name=OPERATORS)[0])
+        rows = []
+        dirty_rates = [int(x) for x in o["dirty"].split(",")]
+        caps = [int(x) for x in o["bandwidth"].split(",")]
+        self.stdout.write(
+            f"{'guest':>10} {'cap':>4} {'dirty':>6} | {'pred s':>7} {'act s':>7} {'err %':>6} | "
+            f"{'pred dt':>7} {'act dt':>7} | {'predicted':>19} {'outcome':>9}"
+        )
+        for dirty in dirty_rates:
+            name = f"bench-d{dirty}"
+            lab.define_guest(name, o["memory"], dirty_mb=dirty)
+            try:
+                # One uncapped migration teaches the planner the link and the guest's zero pages.
+                self._calibrate(lab, a, b, user, name)
+                for cap in caps:
+                    for _ in range(o["repeat"]):
+                        row = self._run(lab, a, b, user, name, cap, o)
+                        rows.append(row)
+                        self._print(row)
+            finally:
+                lab.stop_guest(name)
+        self._summary(rows)
+
+    def _calibrate(self, lab, a, b, user, name) -> None:
+        lab.reset_guest(name)
+        time.sleep(2)
+        inventory.refresh_host(a)
+        vm = a.vms.get(name=name)
+        data = {
+            "destination": b.pk,
+            "max_downtime_ms": 300,
+            "bandwidth_mib_s": 0,
+            "parallel_connections": 0,
+            "persistent_dest": "on",
+            "undefine_source": "on",
+            "timeout_action": "suspend",
+        }
+        form = MigrationForm(data, vm=vm)
+        if not form.is_valid():
+            raise CommandError(f"{name}: {form.errors.as_text()}")
+        migration = queue_migration(vm=vm, destination=b, parameters=form.parameters(), report=form.report, user=user)
+        Executor(migration).run()
+
+    def _run(self, lab, a, b, user, name, cap, o) -> dict:
+        lab.reset_guest(name)
+        time.sleep(2)  # let the dirty loop settle
+        inventory.refresh_host(a)
+        vm = a.vms.get(name=name)
+        measured = measure_series(vm.pk, o["window"], o["window"] * o["readings"], str(uuid.uuid4()), "bench")
+        data = {
+            "destination": b.pk,
+            "max_downtime_ms": o["max_downtime"],
+            "bandwidth_mib_s": cap,
+            "parallel_connections": 0,
+            "persistent_dest": "on",
+            "undefine_source": "on",
+            "timeout_s": o["timeout"],
+            "timeout_action": "abort",
+        }
+        form = MigrationForm(data, vm=vm)
+        if not form.is_valid():
+            raise CommandError(f"{name}: {form.errors.as_text()}")
+        prediction = predict_for(vm, b, form.parameters())
+        migration = queue_migration(
+            vm=vm, destination=b, parameters=form.parameters(), report=form.report, user=user, prediction=prediction
+        )
+        Executor(migration).run()
+        migration.refresh_from_db()
+        plan = prediction.get("plan") or {}
+        actual_s = migration.total_time_ms / 1000 if migration.total_time_ms else None
+        predicted_s = plan.get("total_time_s")
+        error_pct = None
+        if actual_s and predicted_s is not None and migration.state == "succeeded":
+            error_pct = 100 * abs(predicted_s - actual_s) / actual_s
+        predicted_ok = plan.get("verdict") in ("converges", "converges_with_help")
+        verdict_right = predicted_ok == (migration.state == "succeeded")
+        return {
+            "guest": name,
+            "cap": cap,
+            "dirty": prediction.get("dirty_rate_mib_s", 0.0),
+            "readings": measured,
+            "predicted_s": predicted_s,
+            "actual_s": actual_s,
+            "error_pct": error_pct,
+            "predicted_downtime_ms": plan.get("downtime_ms"),
+            "actual_downtime_ms": migration.downtime_ms,
+            "verdict": plan.get("verdict", "no prediction"),
+            "outcome": migration.state,
+            "bad": (not verdict_right) or (error_pct is not None and error_pct >= BAD_ERROR_PCT),
+        }
+
+    def _print(self, r: dict) -> None:
+        def num(x, fmt):
+            return format(x, fmt) if x is not None else "—"
+
+        self.stdout.write(
+            f"{r['guest']:>10} {r['cap']:>4} {r['dirty']:>6.1f} | {num(r['predicted_s'], '7.1f')} "
+            f"{num(r['actual_s'], '7.1f')} {num(r['error_pct'], '6.1f')} | "
+            f"{num(r['predicted_downtime_ms'], '7.0f')} {num(r['actual_downtime_ms'], '7.0f')} | "
+            f"{r['verdict']:>19} {r['outcome']:>9}{'  BAD' if r['bad'] else ''}"
+        )
+
+    def _summary(self, rows: list[dict]) -> None:
+        errors = [r["error_pct"] for r in rows if r["error_pct"] is not None]
+        median_error = statistics.median(errors) if errors else float("nan")
+        bad_pct = 100 * sum(r["bad"] for r in rows) / len(rows) if rows else float("nan")
+        self.stdout.write(f"runs={len(rows)} median_abs_error_pct={median_error:.1f} bad_pct={bad_pct:.1f}")
