@@ -1,0 +1,104 @@
+import pytest
+from django.urls import reverse
+
+from migrator import dirtyrate
+from migrator.models import DirtyRateMeasurement, Migration, MigrationSample
+from migrator.prediction import learned_throughput_mib_s, learned_zero_page_fraction, predict_for
+
+from .test_migration_model import make_migration
+
+
+@pytest.fixture
+def vm(test_host):
+    return test_host.vms.get(name="test")
+
+
+def measure(vm, *rates, window_s=1, series="s1"):
+    for rate in rates:
+        DirtyRateMeasurement.objects.create(
+            vm_uuid=vm.uuid,
+            vm_name=vm.name,
+            host=vm.host,
+            host_name=vm.host.name,
+            series=series,
+            window_s=window_s,
+            dirty_rate_mib_s=rate,
+        )
+
+
+def test_it_asks_for_a_dirty_rate_measurement_first(vm, test_host):
+    prediction = predict_for(vm, test_host, {"bandwidth_mib_s": 100})
+    assert not prediction["available"] and "dirty page rate" in prediction["reason"]
+
+
+def test_it_asks_for_a_bandwidth_when_the_link_is_unknown(vm, test_host):
+    measure(vm, 5)
+    prediction = predict_for(vm, test_host, {"bandwidth_mib_s": 0})
+    assert not prediction["available"] and "bandwidth limit" in prediction["reason"]
+
+
+def test_it_predicts_from_the_latest_series_and_the_cap(vm, test_host):
+    measure(vm, 100, series="old")
+    measure(vm, 2, 4, series="new")
+    prediction = predict_for(vm, test_host, {"bandwidth_mib_s": 100, "max_downtime_ms": 500})
+    assert prediction["available"]
+    assert prediction["dirty_rate_mib_s"] == pytest.approx(3)
+    assert prediction["bandwidth_source"] == "the bandwidth limit"
+    assert prediction["plan"]["verdict"] == "converges"
+
+
+def test_it_recommends_form_changes_when_the_vm_will_not_converge(vm, test_host):
+    vm.memory_kib = 256 * 1024  # like the lab's cache-hot
+    measure(vm, 32)
+    prediction = predict_for(vm, test_host, {"bandwidth_mib_s": 8, "max_downtime_ms": 300})
+    assert prediction["plan"]["verdict"] == "will_not_converge"
+    changes = {c["parameter"]: c["changes"] for c in prediction["form_changes"]}
+    assert "auto_converge" in changes and changes["auto_converge"] == {"auto_converge": True}
+    for change in prediction["form_changes"]:
+        assert change["explanation"]
+
+
+def test_it_learns_the_link_and_the_zero_pages_from_finished_migrations(vm, test_host):
+    m = make_migration(vm_uuid=vm.uuid, source_name=test_host.name, destination_name="b", parameters={})
+    m.claim(1, "h")
+    for speed in (90, 110, 100):
+        MigrationSample.objects.create(migration=m, throughput_mib_s=speed)
+    m.finish(
+        {
+            "time_elapsed": 1000,
+            "data_processed": 2**20 * 50,
+            "memory_total": 2**28,
+            "memory_constant": 2**15,
+            "memory_page_size": 4096,
+        }
+    )
+    assert learned_throughput_mib_s(test_host.name, "b") == pytest.approx(100)
+    assert learned_zero_page_fraction(vm.uuid) == pytest.approx(0.5)
+    capped = make_migration(
+        vm_uuid="x", source_name=test_host.name, destination_name="c", parameters={"bandwidth_mib_s": 8}
+    )
+    capped.claim(1, "h")
+    capped.finish({"time_elapsed": 1000, "data_processed": 2**23})
+    assert learned_throughput_mib_s(test_host.name, "c") is None, "a capped migration says nothing of the link"
+
+
+def test_it_refuses_to_measure_while_the_vm_migrates(vm, login):
+    assert dirtyrate.refusal(vm) == ""
+    m = make_migration(vm_uuid=vm.uuid)
+    assert "being migrated" in dirtyrate.refusal(vm)
+    client = login("operator")
+    response = client.post(reverse("vm_dirty_rate", args=[vm.pk]), {"window_s": 1, "duration_s": 5}, follow=True)
+    assert "being migrated" in response.content.decode()
+    assert Migration.objects.get(pk=m.pk).state == "queued"
+
+
+def test_it_validates_the_measurement_form():
+    assert not dirtyrate.DirtyRateForm({"window_s": 5, "duration_s": 2}).is_valid()
+    assert not dirtyrate.DirtyRateForm({"window_s": 0, "duration_s": 2}).is_valid()
+    assert dirtyrate.DirtyRateForm({"window_s": 1, "duration_s": 10}).is_valid()
+
+
+def test_it_shows_the_latest_rate_and_history_on_the_vm_page(vm, login):
+    measure(vm, 12.5)
+    page = login("auditor").get(reverse("hosts:vm", args=[vm.pk])).content.decode()
+    assert "12.5 MiB/s" in page and "chart-dirty-rate" in page
