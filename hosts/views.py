@@ -154,13 +154,13 @@ def vm_action(request, pk: int):
             f"{vm.name} is being migrated (migration #{active.pk}); {action} is refused until it ends. "
             "Cancel the migration first if this cannot wait.",
         )
-        audit(request, "vm.action_refused", vm, action=action, migration=active.pk)
+        audit(request, "vm.action_refused", vm, requested=action, migration=active.pk)
         return redirect(vm)
     try:
         gateway.vm_lifecycle(vm.host.connect_uri, vm.uuid, action)
     except gateway.GatewayError as error:
         messages.error(request, f"{action} failed: {error.message} {error.hint}".strip())
-        audit(request, "vm.action_failed", vm, action=action, error=error.as_dict())
+        audit(request, "vm.action_failed", vm, requested=action, error=error.as_dict())
     else:
         messages.success(request, f"{action} sent to {vm.name}.")
         audit(request, f"vm.{action}", vm, host=vm.host.name)
