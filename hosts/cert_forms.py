@@ -1,0 +1,189 @@
+"""Forms for the certificate store: uploads and a host's TLS assignment.
+
+All the checking of the material itself happens in ``certstore.prepare_upload``
+(and ``hosts/certificates.py`` below it); the forms turn its CertificateProblem
+into an error on the field it belongs to.
+"""
+
+from __future__ import annotations
+
+from django import forms
+
+from . import certstore
+from .certificates import CertificateProblem
+from .certstore import Certificate, CertificateKind
+from .models import Host
+
+# CertificateProblem.field -> form field (certificates.py says "addresses" for
+# the host's addresses, which come from the chosen host here).
+PROBLEM_FIELDS = {"addresses": "host"}
+
+
+def _human_size(n: int) -> str:
+    return f"{n} bytes" if n < 1024 else f"{n / 1024:.0f} KB"
+
+
+class CertificateChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Certificate) -> str:
+        return f"{obj.name} — {obj.subject} (until {obj.not_after:%Y-%m-%d})"
+
+
+class ProblemFormMixin:
+    def add_problem(self, problem: CertificateProblem) -> None:
+        name = PROBLEM_FIELDS.get(problem.field, problem.field)
+        self.add_error(name if name in self.fields else None, problem.message)
+
+
+class CertificateUploadForm(ProblemFormMixin, forms.Form):
+    kind = forms.ChoiceField(
+        choices=CertificateKind.choices,
+        widget=forms.RadioSelect,
+        help_text="CA: the authority that signs the hosts' and the dashboard's certificates. Client: the "
+        "dashboard's own certificate and key for qemu+tls:// connections. Migration server certificate: the "
+        "certificate QEMU and libvirtd use on one host (server-cert.pem; its key stays on the host).",
+    )
+    name = forms.CharField(
+        max_length=200, required=False, help_text="A name to recognise it by. Empty: the certificate's common name."
+    )
+    cert = forms.FileField(label="Certificate (PEM)", help_text="One certificate, -----BEGIN CERTIFICATE-----.")
+    key = forms.FileField(
+        label="Private key (PEM)",
+        required=False,
+        help_text="Client certificates only. Stored encrypted; it is never shown or downloadable again.",
+    )
+    passphrase = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Only if the private key is encrypted. Not stored: the key is stored encrypted our way.",
+    )
+    ca = CertificateChoiceField(
+        queryset=Certificate.objects.none(),
+        required=False,
+        label="Issued by CA",
+        help_text="Client and server certificates: the CA that signed it (upload the CA first). CAs: leave empty.",
+    )
+    host = forms.ModelChoiceField(
+        queryset=Host.objects.all(),
+        required=False,
+        help_text="Migration server certificates: the host it is deployed on. Its migration address must be "
+        "among the certificate's names.",
+    )
+    replaces = CertificateChoiceField(
+        queryset=Certificate.objects.none(),
+        required=False,
+        help_text="When renewing: the certificate this one replaces. Hosts using it switch to the new one, and "
+        "the old key is destroyed. A host's new migration certificate always replaces its current one.",
+    )
+    assign_hosts = forms.ModelMultipleChoiceField(
+        queryset=Host.objects.all(),
+        required=False,
+        label="Use for hosts",
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Client certificates: the dashboard connects to these hosts' qemu+tls:// URIs with this "
+        "certificate and its CA.",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["ca"].queryset = Certificate.objects.cas()
+        self.fields["replaces"].queryset = Certificate.objects.active().exclude(kind=CertificateKind.SERVER)
+        self.prepared: certstore.PreparedUpload | None = None
+
+    def _read(self, name: str, what: str) -> bytes | None:
+        upload = self.cleaned_data.get(name)
+        if not upload:
+            return None
+        limit = certstore.max_upload_bytes()
+        if upload.size > limit:
+            # Checked on the size Django reports, before reading a byte of it.
+            self.add_error(
+                name,
+                f"The {what} file is {_human_size(upload.size)}, which is over the {_human_size(limit)} limit. "
+                "Certificates and keys are only a few KB; check that you picked the right file (a single PEM "
+                "certificate or key, not an archive or a whole certificate store).",
+            )
+            return None
+        upload.seek(0)
+        return upload.read()
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        cert_pem = self._read("cert", "certificate")
+        key_pem = self._read("key", "private key")
+        if self.errors:
+            return cleaned
+        try:
+            self.prepared = certstore.prepare_upload(
+                cleaned["kind"],
+                cert_pem,
+                key_pem,
+                cleaned.get("passphrase") or None,
+                ca=cleaned.get("ca"),
+                host=cleaned.get("host"),
+                replaces=cleaned.get("replaces"),
+                assign_hosts=cleaned.get("assign_hosts") or (),
+                name=cleaned.get("name") or "",
+            )
+        except CertificateProblem as problem:
+            self.add_problem(problem)
+        return cleaned
+
+    def save(self, *, user, client_address: str | None = None) -> Certificate:
+        """Raises CertificateProblem when the upload lost a race (the caller adds it to the form)."""
+        assert self.prepared is not None, "save() after is_valid()"
+        return certstore.save_upload(self.prepared, user=user, client_address=client_address)
+
+
+class HostTLSForm(ProblemFormMixin, forms.Form):
+    ca = CertificateChoiceField(
+        queryset=Certificate.objects.none(),
+        required=False,
+        label="CA certificate",
+        help_text="libvirt checks the host's certificate against this CA (cacert.pem).",
+    )
+    client = CertificateChoiceField(
+        queryset=Certificate.objects.none(),
+        required=False,
+        label="Client certificate + key",
+        help_text="The dashboard's identity towards the host's libvirtd (clientcert.pem, clientkey.pem). "
+        "Leave both empty to use libvirt's default files in /etc/pki.",
+    )
+
+    def __init__(self, *args, host: Host, **kwargs) -> None:
+        self.host = host
+        current = certstore.HostTLS.objects.filter(host=host).first()
+        if current is not None:
+            kwargs.setdefault("initial", {"ca": current.ca_id, "client": current.client_id})
+        super().__init__(*args, **kwargs)
+        self.fields["ca"].queryset = Certificate.objects.cas()
+        self.fields["client"].queryset = Certificate.objects.clients()
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        ca, client = cleaned.get("ca"), cleaned.get("client")
+        if self.errors or (ca is None and client is None):
+            return cleaned
+        if ca is None or client is None:
+            self.add_error(
+                "ca" if ca is None else "client",
+                "Choose both the CA and the client certificate, or neither (libvirt's default files).",
+            )
+        elif client.ca_id != ca.pk:
+            self.add_error(
+                "client",
+                f"The client certificate '{client.name}' was issued by '{client.issuer}', not by the CA '{ca.name}'; "
+                "choose the CA that issued it.",
+            )
+        return cleaned
+
+    def save(self, *, user, client_address: str | None = None):
+        return certstore.assign_host_tls(
+            self.host,
+            self.cleaned_data.get("ca"),
+            self.cleaned_data.get("client"),
+            user=user,
+            client_address=client_address,
+        )
