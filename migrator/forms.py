@@ -116,7 +116,14 @@ class MigrationForm(forms.Form):
         "recognise (it knows NFS, GFS2, OCFS2, CephFS…); on local disks that are not copied it corrupts them.",
     )
 
-    def __init__(self, *args, vm: VirtualMachine, features: gateway.MigrationFeatures | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        vm: VirtualMachine,
+        features: gateway.MigrationFeatures | None = None,
+        destination: Host | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.vm = vm
         self.source = vm.host
@@ -142,11 +149,23 @@ class MigrationForm(forms.Form):
                 "unlimited" if features.max_speed_mib_s in (0, 8796093022207) else f"{features.max_speed_mib_s} MiB/s"
             )
             self.fields["bandwidth_mib_s"].help_text += f" Currently set on the VM (migrate-getspeed): {current}."
+        if destination is not None:
+            self._offer_tls(destination)
         if features and not features.migration_pin:
             self.fields["pin_cpus"].help_text += (
                 " This host's libvirt has no migration.pin; the QEMU emulator threads are pinned instead for "
                 "the duration of the migration, then restored."
             )
+
+    def _offer_tls(self, destination: Host) -> None:
+        """TLS is offered only when both hosts have valid migration certificates
+        on record covering their migration addresses (R14)."""
+        from hosts.certstore import tls_readiness
+
+        problems = [message for status, message in tls_readiness(self.source, destination) if status == "fail"]
+        if problems:
+            self.fields["tls"].disabled = True
+            self.fields["tls"].help_text = "Not available: " + " ".join(problems)
 
     def clean_pin_cpus(self) -> str:
         value = self.cleaned_data.get("pin_cpus", "").strip()

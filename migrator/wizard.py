@@ -43,10 +43,10 @@ def new_migration(request):
     destination = get_object_or_404(Host.objects.enabled(), pk=destination_id)
     features = _features(vm)
     if request.method != "POST":
-        form = MigrationForm(vm=vm, features=features, initial={"destination": destination})
+        form = MigrationForm(vm=vm, features=features, destination=destination, initial={"destination": destination})
         return _render_parameters(request, vm, destination, form, features)
 
-    form = MigrationForm(request.POST, vm=vm, features=features)
+    form = MigrationForm(request.POST, vm=vm, features=features, destination=destination)
     if not form.is_valid() or "edit" in request.POST:
         return _render_parameters(request, vm, destination, form, features)
     prediction = predict_for(vm, destination, form.parameters())
