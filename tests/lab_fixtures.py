@@ -1,0 +1,85 @@
+"""pytest fixtures for tests that need the two-host libvirt lab (hosts/lab.py).
+
+Loaded from tests/conftest.py with `pytest_plugins = ["tests.lab_fixtures"]`.
+The lab is brought up once per run and left up for the next run (a warm
+`up()` takes well under a second) unless LAB_DOWN_AT_END=1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hosts.lab import Lab, LabError
+
+SESSION_LOCK_TIMEOUT_S = 30 * 60  # a full lab test run takes a few minutes
+
+
+@contextlib.contextmanager
+def _one_session_at_a_time(root: Path) -> Iterator[None]:
+    """There is one lab per machine (fixed namespace names and addresses): two
+    test runs using it at once would destroy each other's guests."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "test-session.lock", "a+") as lock:
+        deadline = time.monotonic() + SESSION_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.seek(0)
+                    pytest.fail(f"another test run (pid {lock.read().strip()}) holds the lab", pytrace=False)
+                time.sleep(1)
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The running lab, guests defined on host A but stopped (each test starts
+    only the guests it needs: TCG guests burn CPU)."""
+    reason = Lab.cannot_run_reason()
+    if reason:
+        # A failure, not a skip: a lab test that silently does not run proves nothing.
+        pytest.fail(f"the lab cannot run on this machine: {reason}", pytrace=False)
+    the_lab = Lab()
+    with _one_session_at_a_time(the_lab.root):
+        try:
+            the_lab.up(start_guests=False)
+        except LabError as error:
+            pytest.fail(f"lab up failed: {error}", pytrace=False)
+        yield the_lab
+        if os.environ.get("LAB_DOWN_AT_END") == "1":
+            the_lab.down()
+
+
+@pytest.fixture
+def guest(lab: Lab) -> Iterator[Callable[[str], str]]:
+    """`guest("web-shared")` boots the guest afresh on host A and returns its
+    name; after the test every guest started this way is stopped and put back,
+    shut off, on host A (wherever the test migrated it)."""
+    started: list[str] = []
+
+    def start(name: str) -> str:
+        started.append(name)
+        lab.reset_guest(name)
+        return name
+
+    yield start
+    for name in started:
+        lab.park_guest(name)
+
+
+@pytest.fixture
+def lab_hosts(lab: Lab, db) -> list:
+    """Hosts lab-a and lab-b registered in the test database, inventory read."""
+    return lab.register()
