@@ -435,7 +435,6 @@ def default_root() -> Path:
 class Lab:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root else default_root()
-        self.timings: list[tuple[str, float]] = []  # (step, seconds) of the last up()/down()
         self._specs: dict[str, GuestSpec] = {g.name: g for g in DEMO_GUESTS}
         self._conns: dict[str, libvirt.virConnect] = {}
         self._children: dict[str, subprocess.Popen] = {}  # daemons this process started, to reap them
@@ -552,7 +551,6 @@ class Lab:
         reason = self.cannot_run_reason()
         if reason:
             raise LabError(reason)
-        self.timings = []
         with self._locked():
             with self._step("packages"):
                 self._ensure_packages()
@@ -585,7 +583,6 @@ class Lab:
 
     def down(self) -> None:
         """Stop everything the lab started and remove its namespaces and links."""
-        self.timings = []
         with self._locked():
             with self._step("destroy guests"):
                 doms = []
@@ -759,9 +756,7 @@ class Lab:
     def _step(self, label: str) -> Iterator[None]:
         start = time.monotonic()
         yield
-        seconds = time.monotonic() - start
-        self.timings.append((label, seconds))
-        log.info("%-36s %6.2f s", label, seconds)
+        log.info("%-36s %6.2f s", label, time.monotonic() - start)
 
     def _ensure_packages(self) -> None:
         # dpkg-query exits 1 when a package is unknown; the output still lists the others.
@@ -776,20 +771,8 @@ class Lab:
         if _probe("getent", "group", "libvirt-qemu").returncode != 0:
             _run(["groupadd", "-r", "libvirt-qemu"], "create group libvirt-qemu")
         if _probe("getent", "passwd", "libvirt-qemu").returncode != 0:
-            _run(
-                [
-                    "useradd",
-                    "-r",
-                    "-g",
-                    "libvirt-qemu",
-                    "-d",
-                    "/var/lib/libvirt",
-                    "-s",
-                    "/usr/sbin/nologin",
-                    "libvirt-qemu",
-                ],
-                "create user libvirt-qemu",
-            )
+            useradd = "useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu"
+            _run(useradd.split(), "create user libvirt-qemu")
 
     @staticmethod
     def _apt(args: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
@@ -971,7 +954,7 @@ class Lab:
         for hd in HOSTS.values():
             for pid in _pids_in_netns(hd.netns):
                 log.warning("pid %d still runs in %s; stopping it", pid, hd.netns)
-                _stop_processes([pid], "")
+                _stop_processes([pid], "")  # any command: whatever lives in our namespace is ours
             if self._netns_exists(hd.key):
                 _run(["ip", "netns", "del", hd.netns], f"delete network namespace {hd.netns}")
 
@@ -1059,20 +1042,8 @@ migrate_tls_x509_verify = 1
                 " --pid-file /run/libvirt/libvirtd.pid",
             ]
         )
-        cmd = [
-            "ip",
-            "netns",
-            "exec",
-            hd.netns,
-            "unshare",
-            "--mount",
-            "--uts",
-            "--propagation",
-            "private",
-            "sh",
-            "-ec",
-            script,
-        ]
+        unshare = "unshare --mount --uts --propagation private".split()
+        cmd = ["ip", "netns", "exec", hd.netns, *unshare, "sh", "-ec", script]
         with open(d / "libvirtd.stdout", "ab") as out:
             # A session of its own: Ctrl-C in the shell that ran `lab up` must not reach it.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ SHARED_FLAGS = P2P_FLAGS | libvirt.VIR_MIGRATE_UNSAFE
 # cache-hot rewrites the same 32 MiB every ~1.2 s, so a 1-s window reads
 # 28-46 MiB/s and longer windows read 32 MiB / window.
 DIRTY_RATE_CALC_S = 1
+DIRTY_RATE_SAMPLES = 3
 DIRTY_RATE_TIMEOUT_S = 15.0
 HOT_MIN_MIB_S = 10
 # 512 sampled pages per GiB are 64 pages of idle's 128 MiB: one page the kernel
@@ -118,8 +120,12 @@ def test_dirty_rate_of_hot_and_idle_guests(lab, guest):
     guest("cache-hot")
     guest("idle")
 
-    assert dirty_rate_mib_s(lab, "cache-hot") > HOT_MIN_MIB_S
-    assert dirty_rate_mib_s(lab, "idle") <= IDLE_MAX_MIB_S
+    # The median of a few samples: one window can catch a round slowed by the other guest.
+    hot = [dirty_rate_mib_s(lab, "cache-hot") for _ in range(DIRTY_RATE_SAMPLES)]
+    idle = [dirty_rate_mib_s(lab, "idle") for _ in range(DIRTY_RATE_SAMPLES)]
+
+    assert statistics.median(hot) > HOT_MIN_MIB_S, hot
+    assert statistics.median(idle) <= IDLE_MAX_MIB_S, idle
 
 
 def test_p2p_live_migration_there_and_back(lab, guest):

@@ -232,7 +232,7 @@ def test_it_reconciles_a_migration_whose_worker_was_killed(lab, lab_hosts, guest
     code = (
         "import sys; from hosts import gateway; "
         f"spec = gateway.MigrationSpec(dconnuri={b.effective_peer_uri!r}, migrate_uri='tcp://{b.migration_address}', "
-        "bandwidth_mib_s=16); "
+        "bandwidth_mib_s=16, unsafe=True); "
         f"gateway.MigrationRun({a.connect_uri!r}, {migration.vm_uuid!r}, spec).run()"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd())

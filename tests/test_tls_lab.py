@@ -81,7 +81,7 @@ def test_it_connects_to_b_over_tls_with_the_uploaded_lab_material(lab, login, tl
     host = inventory.refresh_host(tls_b)
     assert host.inventory_error == "", host.inventory_error
     assert host.info["hostname"] == "hostB"
-    assert host.vms.exists()
+    assert host.info["host_uuid"] == "00000000-0000-4000-8000-00000000000b"
 
 
 def test_it_refuses_the_expired_lab_client_certificate(lab, login, tls_b):
