@@ -61,6 +61,10 @@ def new_migration(request):
                 "report": form.report,
                 "parameters": form.parameters(),
                 "prediction": prediction,
+                "hidden": _post_items(form, {}),
+                "applies": [
+                    (change, _post_items(form, change["changes"])) for change in prediction.get("form_changes", [])
+                ],
             },
         )
     try:

@@ -93,3 +93,18 @@ async def test_it_closes_the_socket_of_an_unknown_migration(users):
     await comm.disconnect()
     await asyncio.sleep(0)
     assert not await sync_to_async(Migration.objects.filter(pk=999999).exists)()
+
+
+async def test_it_keeps_a_quiet_socket_alive_past_the_layers_blocking_read(users):
+    """channels-redis blocks 5 s per read; redis-py 8 turned that into a
+    TimeoutError that killed every idle socket (redis is pinned below 8)."""
+    m = await sync_to_async(make_migration)()
+    comm = communicator(MigrationConsumer, f"/ws/migrations/{m.pk}/", users["operator"], pk=m.pk)
+    connected, _ = await comm.connect()
+    assert connected
+    await comm.receive_json_from(timeout=5)
+    await asyncio.sleep(7)
+    await sync_to_async(live.publish_state)(m)
+    message = await comm.receive_json_from(timeout=5)
+    assert message["type"] == "state"
+    await comm.disconnect()

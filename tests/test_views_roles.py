@@ -75,3 +75,25 @@ def test_it_logs_in_and_out(client, users):
     assert client.get(reverse("home")).status_code == 200
     client.post(reverse("logout"))
     assert client.get(reverse("home")).status_code == 302
+
+
+def test_it_carries_every_parameter_from_review_to_start(objects):
+    """The review page resends the checked parameters, so Start migrates what was reviewed."""
+    from migrator.forms import MigrationForm
+    from migrator.wizard import _post_items
+
+    form = MigrationForm(vm=objects["vm"])
+    form.cleaned_data = {
+        "destination": objects["other"],
+        "disks": ["vda"],
+        "max_downtime_ms": 700,
+        "auto_converge": True,
+        "unsafe": False,
+        "timeout_s": None,
+        "compression": "",
+    }
+    items = _post_items(form, {"bandwidth_mib_s": 9})
+    assert ("destination", str(objects["other"].pk)) in items
+    assert ("disks", "vda") in items and ("max_downtime_ms", "700") in items
+    assert ("auto_converge", "on") in items and not any(name == "unsafe" for name, _ in items)
+    assert ("bandwidth_mib_s", "9") in items and ("timeout_s", "") in items

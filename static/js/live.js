@@ -106,9 +106,10 @@
       var total = s.data_total_bytes || 1;
       var memDone = s.memory_processed_bytes, diskDone = s.disk_processed_bytes;
       var pct = Math.min(100, 100 * s.data_processed_bytes / total);
-      if (s.data_remaining_bytes === 0 && s.data_total_bytes > 0) pct = 100;
-      var memPct = s.disk_total_bytes ? 100 * memDone / total : pct;
-      var diskPct = s.disk_total_bytes ? 100 * diskDone / total : 0;
+      var done = state.state === "succeeded";
+      if (done || (s.data_remaining_bytes === 0 && s.data_total_bytes > 0)) pct = 100;
+      var memPct = s.disk_total_bytes && !done ? 100 * memDone / total : pct;
+      var diskPct = s.disk_total_bytes && !done ? 100 * diskDone / total : 0;
       if (memPct + diskPct > 100) { memPct = 100 - diskPct; }
       var bar = document.getElementById("progress-memory");
       bar.style.width = memPct.toFixed(1) + "%";
@@ -117,16 +118,21 @@
       var dbar = document.getElementById("progress-disk");
       dbar.style.width = diskPct.toFixed(1) + "%";
       dbar.textContent = s.disk_total_bytes ? "disk" : "";
-      text("progress-text", fmtMiB(s.data_processed_bytes) + " sent of " + fmtMiB(s.data_total_bytes) +
+      if (!state.active) {
+        text("progress-text", state.state === "succeeded" ? "Complete: " + fmtMiB(state.data_processed_bytes || s.data_processed_bytes) +
+          " sent in " + fmtS(state.total_time_ms) + "." : "Stopped at " + pct.toFixed(0) + " % (" + state.state_display.toLowerCase() + ").");
+        text("stat-eta", "—");
+      } else text("progress-text", fmtMiB(s.data_processed_bytes) + " sent of " + fmtMiB(s.data_total_bytes) +
         " (" + pct.toFixed(0) + " %)" + (s.disk_total_bytes ? "; disks " + fmtMiB(diskDone) + " of " + fmtMiB(s.disk_total_bytes) +
         ", memory " + fmtMiB(memDone) + " of " + fmtMiB(s.memory_total_bytes) : ""));
       text("stat-elapsed", fmtS(s.elapsed_ms));
       var eta = s.throughput_mib_s > 0 ? 1000 * (s.data_remaining_bytes / MIB) / s.throughput_mib_s : null;
-      text("stat-eta", eta === null ? "—" : "~" + fmtS(eta));
+      if (state.active) text("stat-eta", eta === null ? "—" : "~" + fmtS(eta));
       text("stat-throughput", s.throughput_mib_s.toFixed(1) + " MiB/s");
       text("stat-dirty", s.dirty_rate_mib_s.toFixed(1) + " MiB/s");
       text("stat-iteration", s.iteration);
-      text("stat-remaining", fmtMiB(s.data_remaining_bytes));
+      text("stat-remaining", fmtMiB(done ? 0 : s.data_remaining_bytes));
+      if (done && state.iterations !== null) text("stat-iteration", state.iterations);
       text("stat-downtime", s.expected_downtime_ms === null ? "—" : s.expected_downtime_ms + " ms");
       text("stat-throttle", s.throttle_pct === null ? "—" : s.throttle_pct + " %");
       convergence();
@@ -180,10 +186,12 @@
         set("vm_location", m.vm_location || "—");
         if (m.state === "succeeded") {
           var bar = document.getElementById("progress-memory");
-          bar.style.width = (100 - parseFloat(document.getElementById("progress-disk").style.width || 0)) + "%";
+          bar.style.width = "100%";
           bar.setAttribute("aria-valuenow", "100");
-          if (!samples.length || !samples[0].disk_total_bytes) bar.textContent = "100 %";
+          bar.textContent = "100 %";
+          document.getElementById("progress-disk").style.width = "0%";
         }
+        redraw();
         if (m.error_message && !sum.querySelector('[data-field="error_message"]')) {
           var div = document.createElement("div");
           div.className = "alert alert-danger";
