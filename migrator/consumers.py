@@ -67,7 +67,6 @@ class MigrationConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "state", "migration": event["migration"]})
 
 
-
 class MigrationListConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         if not await _allowed(self.scope.get("user")):

@@ -157,6 +157,28 @@ class MigrationForm(forms.Form):
                 "the duration of the migration, then restored."
             )
 
+    @classmethod
+    def defaults(cls, vm: VirtualMachine, destination: Host, **overrides: Any) -> dict[str, Any]:
+        """Submitted data as a browser would send the form untouched (ticked
+        boxes as "on", unticked ones absent), with `overrides` applied."""
+        form = cls(vm=vm, destination=destination)
+        data: dict[str, Any] = {"destination": destination.pk}
+        for name, field in form.fields.items():
+            value = field.initial
+            if name == "destination" or value is None:
+                continue
+            if isinstance(value, bool):
+                if value:
+                    data[name] = "on"
+            else:
+                data[name] = value
+        for name, value in overrides.items():
+            if value is None or value is False:
+                data.pop(name, None)
+            else:
+                data[name] = "on" if value is True else value
+        return data
+
     def _offer_tls(self, destination: Host) -> None:
         """TLS is offered only when both hosts have valid migration certificates
         on record covering their migration addresses (R14)."""

@@ -90,9 +90,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # chain audit events to the same predecessor.
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     # A file, not memory: the browser test's Daphne process must see the test data.
-    DATABASES["default"]["TEST"] = {
-        "NAME": os.getenv("TEST_DATABASE_FILE", str(BASE_DIR / "var" / "test-db.sqlite3"))
-    }
+    DATABASES["default"]["TEST"] = {"NAME": os.getenv("TEST_DATABASE_FILE", str(BASE_DIR / "var" / "test-db.sqlite3"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Under pytest, another Redis database and channel prefix: a demo's worker must

@@ -42,10 +42,13 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
   fi
 fi
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
 if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   me=$(id -un)
-  if ! $SUDO -u postgres psql -tAc "select 1 from pg_roles where rolname='$me'" 2>/dev/null | grep -q 1; then
-    $SUDO -u postgres createuser --superuser "$me"
+  if ! as_postgres psql -tAc "select 1 from pg_roles where rolname='$me'" 2>/dev/null | grep -q 1; then
+    as_postgres createuser --superuser "$me"
   fi
 fi
 

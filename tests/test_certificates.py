@@ -110,11 +110,7 @@ class Issued:
         return self.cert.public_bytes(serialization.Encoding.DER)
 
     def key_pem(self, passphrase: bytes | None = None, fmt: str = "pkcs8") -> bytes:
-        enc = (
-            serialization.BestAvailableEncryption(passphrase)
-            if passphrase
-            else serialization.NoEncryption()
-        )
+        enc = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
         private_format = {
             "pkcs8": serialization.PrivateFormat.PKCS8,
             "traditional": serialization.PrivateFormat.TraditionalOpenSSL,
@@ -156,17 +152,13 @@ def make_cert(
         .not_valid_after(not_after or NOW + 365 * DAY)
     )
     if ca is not None:
-        builder = builder.add_extension(
-            x509.BasicConstraints(ca=ca, path_length=None), critical=True
-        )
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     if ku is not None:
         builder = builder.add_extension(key_usage(**ku), critical=True)
     if eku is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
     if sans is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(sans), critical=False
-        )
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if isinstance(signer_key, (ed25519.Ed25519PrivateKey,)):
         hash_alg = None
     cert = builder.sign(signer_key, hash_alg)
@@ -237,12 +229,8 @@ def pki() -> PKI:
             eku=CLIENT_EKU,
             not_after=NOW + 10 * DAY + dt.timedelta(hours=1),
         ),
-        "from_other_ca": make_cert(
-            "dashboard", issuer=other_ca, ku=LEAF_KU, eku=CLIENT_EKU
-        ),
-        "from_impostor": make_cert(
-            "dashboard", issuer=impostor_ca, ku=LEAF_KU, eku=CLIENT_EKU
-        ),
+        "from_other_ca": make_cert("dashboard", issuer=other_ca, ku=LEAF_KU, eku=CLIENT_EKU),
+        "from_impostor": make_cert("dashboard", issuer=impostor_ca, ku=LEAF_KU, eku=CLIENT_EKU),
         "leaf_marked_ca": make_cert(
             "host-b",
             issuer=ca,
@@ -261,9 +249,7 @@ def pki() -> PKI:
             not_before=NOW - 900 * DAY,
             not_after=NOW - DAY,
         ),
-        "intermediate": make_cert(
-            "Migration Lab Issuing CA", issuer=ca, ca=True, ku=CA_KU
-        ),
+        "intermediate": make_cert("Migration Lab Issuing CA", issuer=ca, ca=True, ku=CA_KU),
         "rsa1024": make_cert(
             "dashboard",
             issuer=ca,
@@ -300,9 +286,7 @@ def pki() -> PKI:
             ku=LEAF_KU,
             eku=CLIENT_EKU,
         ),
-        "client_server_eku_only": make_cert(
-            "dashboard", issuer=ca, ku=LEAF_KU, eku=SERVER_EKU
-        ),
+        "client_server_eku_only": make_cert("dashboard", issuer=ca, ku=LEAF_KU, eku=SERVER_EKU),
         "client_no_eku": make_cert("dashboard", issuer=ca, ku=LEAF_KU),
         "server_client_eku_only": make_cert(
             "host-b",
@@ -311,9 +295,7 @@ def pki() -> PKI:
             eku=CLIENT_EKU,
             sans=host_sans("10.77.0.2"),
         ),
-        "server_no_eku": make_cert(
-            "host-b", issuer=ca, ku=LEAF_KU, sans=host_sans("10.77.0.2")
-        ),
+        "server_no_eku": make_cert("host-b", issuer=ca, ku=LEAF_KU, sans=host_sans("10.77.0.2")),
         "server_no_sans": make_cert("host-b", issuer=ca, ku=LEAF_KU, eku=SERVER_EKU),
         "server_wildcard": make_cert(
             "*.lab.example",
@@ -402,12 +384,8 @@ def test_it_accepts_a_server_certificate_covering_all_addresses(pki: PKI) -> Non
     assert info.key_usage == ["digitalSignature", "keyEncipherment"]
     assert info.extended_key_usage == ["serverAuth"]
     assert info.public_key_type == "EC" and info.public_key_bits == 256
-    assert (
-        int(info.serial_hex, 16) == cert.serial_number and len(info.serial_hex) % 2 == 0
-    )
-    assert info.sha256_fingerprint == ":".join(
-        f"{b:02X}" for b in cert.fingerprint(hashes.SHA256())
-    )
+    assert int(info.serial_hex, 16) == cert.serial_number and len(info.serial_hex) % 2 == 0
+    assert info.sha256_fingerprint == ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
     assert info.not_before == NOW - DAY and info.not_before.tzinfo is not None
     assert info.not_after == NOW + 365 * DAY
     assert info.days_left(NOW) == 365
@@ -419,9 +397,7 @@ def test_it_accepts_a_server_certificate_covering_all_addresses(pki: PKI) -> Non
 def test_it_accepts_a_client_certificate_and_returns_an_unencrypted_pkcs8_key(
     pki: PKI,
 ) -> None:
-    result = validate(
-        "client", pki.client.pem, key_pem=pki.client.key_pem(), ca_pem=pki.ca.pem
-    )
+    result = validate("client", pki.client.pem, key_pem=pki.client.key_pem(), ca_pem=pki.ca.pem)
     assert result.info.extended_key_usage == ["clientAuth"]
     assert result.key_pem_unencrypted is not None
     assert result.key_pem_unencrypted.startswith(b"-----BEGIN PRIVATE KEY-----")
@@ -430,9 +406,7 @@ def test_it_accepts_a_client_certificate_and_returns_an_unencrypted_pkcs8_key(
 
 
 @pytest.mark.parametrize("fmt", ["pkcs8", "traditional"])
-def test_it_decrypts_an_encrypted_key_with_the_right_passphrase(
-    pki: PKI, fmt: str
-) -> None:
+def test_it_decrypts_an_encrypted_key_with_the_right_passphrase(pki: PKI, fmt: str) -> None:
     key_pem = pki.client.key_pem(b"s3cret pass", fmt=fmt)
     result = validate(
         "client",
@@ -442,9 +416,7 @@ def test_it_decrypts_an_encrypted_key_with_the_right_passphrase(
         ca_pem=pki.ca.pem,
     )
     assert b"ENCRYPTED" not in result.key_pem_unencrypted
-    assert load_private_key(result.key_pem_unencrypted, None).private_numbers() == (
-        pki.client.key.private_numbers()
-    )
+    assert load_private_key(result.key_pem_unencrypted, None).private_numbers() == (pki.client.key.private_numbers())
 
 
 def test_it_ignores_a_passphrase_given_for_an_unencrypted_key(pki: PKI) -> None:
@@ -453,9 +425,7 @@ def test_it_ignores_a_passphrase_given_for_an_unencrypted_key(pki: PKI) -> None:
 
 
 def test_it_accepts_a_server_key_when_given_and_checks_it(pki: PKI) -> None:
-    result = validate(
-        "server", pki.server.pem, key_pem=pki.server.key_pem(), ca_pem=pki.ca.pem
-    )
+    result = validate("server", pki.server.pem, key_pem=pki.server.key_pem(), ca_pem=pki.ca.pem)
     assert result.key_pem_unencrypted is not None
     exc = problem(
         validate,
@@ -488,12 +458,7 @@ def test_it_accepts_rsa_2048_and_ed25519(pki: PKI) -> None:
 
 def test_it_accepts_a_client_certificate_without_extended_key_usage(pki: PKI) -> None:
     c = pki["client_no_eku"]
-    assert (
-        validate(
-            "client", c.pem, key_pem=c.key_pem(), ca_pem=pki.ca.pem
-        ).info.extended_key_usage
-        == []
-    )
+    assert validate("client", c.pem, key_pem=c.key_pem(), ca_pem=pki.ca.pem).info.extended_key_usage == []
 
 
 def test_it_accepts_a_certificate_with_both_server_and_client_usage(pki: PKI) -> None:
@@ -506,18 +471,12 @@ def test_it_matches_a_wildcard_dns_san_for_exactly_one_label(pki: PKI) -> None:
     c = pki["server_wildcard"]
     validate("server", c.pem, ca_pem=pki.ca.pem, addresses=["host-b.lab.example"])
     for address in ("a.b.lab.example", "lab.example"):
-        assert (
-            problem(
-                validate, "server", c.pem, ca_pem=pki.ca.pem, addresses=[address]
-            ).code
-            == "san_mismatch"
-        )
+        assert problem(validate, "server", c.pem, ca_pem=pki.ca.pem, addresses=[address]).code == "san_mismatch"
 
 
 def test_it_tolerates_bom_crlf_and_text_before_the_pem_block(pki: PKI) -> None:
-    messy = (
-        b"\xef\xbb\xbfCertificate:\r\n    Data: (openssl x509 -text output)\r\n"
-        + pki.ca.pem.replace(b"\n", b"\r\n")
+    messy = b"\xef\xbb\xbfCertificate:\r\n    Data: (openssl x509 -text output)\r\n" + pki.ca.pem.replace(
+        b"\n", b"\r\n"
     )
     info = parse_certificate(messy)
     assert info.pem == pki.ca.pem.decode()  # normalised
@@ -587,10 +546,7 @@ def test_it_rejects_a_file_that_is_not_pem_with_the_exact_message() -> None:
 def test_it_rejects_an_empty_file(data: bytes) -> None:
     exc = problem(validate, "ca", data)
     assert exc.code == "empty"
-    assert (
-        exc.message
-        == "The CA certificate file is empty. Choose the file again and re-upload it."
-    )
+    assert exc.message == "The CA certificate file is empty. Choose the file again and re-upload it."
 
 
 def test_it_rejects_a_file_over_the_size_limit(pki: PKI) -> None:
@@ -603,9 +559,7 @@ def test_it_rejects_a_file_over_the_size_limit(pki: PKI) -> None:
 
 
 def test_it_rejects_an_oversized_key_file(pki: PKI) -> None:
-    exc = problem(
-        validate, "client", pki.client.pem, key_pem=b"x" * (DEFAULT_MAX_BYTES + 1)
-    )
+    exc = problem(validate, "client", pki.client.pem, key_pem=b"x" * (DEFAULT_MAX_BYTES + 1))
     assert (exc.code, exc.field) == ("too_large", "key")
     assert exc.message.startswith("The private key file is 64.0 KB")
 
@@ -627,9 +581,7 @@ def test_it_rejects_other_binary_files_with_a_pkcs12_hint() -> None:
 def test_it_rejects_a_private_key_in_the_certificate_slot(pki: PKI, fmt: str) -> None:
     exc = problem(parse_certificate, pki.client.key_pem(fmt=fmt))
     assert exc.code == "private_key_in_cert"
-    assert exc.message.startswith(
-        "This file is a private key, not a certificate. Upload it in the private key field"
-    )
+    assert exc.message.startswith("This file is a private key, not a certificate. Upload it in the private key field")
 
 
 def test_it_rejects_a_certificate_bundled_with_its_key(pki: PKI) -> None:
@@ -641,9 +593,7 @@ def test_it_rejects_a_certificate_bundled_with_its_key(pki: PKI) -> None:
 def test_it_rejects_several_certificates(pki: PKI) -> None:
     exc = problem(parse_certificate, pki.server.pem + pki.ca.pem)
     assert exc.code == "multiple_certs"
-    assert exc.message.startswith(
-        "This file contains 2 certificates, but exactly one is expected here."
-    )
+    assert exc.message.startswith("This file contains 2 certificates, but exactly one is expected here.")
 
 
 def test_it_rejects_a_csr(pki: PKI) -> None:
@@ -662,10 +612,7 @@ def test_it_rejects_a_public_key(pki: PKI) -> None:
     pub = pki.client.key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    assert (
-        "This file is a public key, not a certificate"
-        in problem(parse_certificate, pub).message
-    )
+    assert "This file is a public key, not a certificate" in problem(parse_certificate, pub).message
 
 
 def test_it_rejects_a_damaged_pem_certificate(pki: PKI) -> None:
@@ -687,8 +634,7 @@ def test_it_rejects_an_expired_certificate(pki: PKI) -> None:
     assert exc.code == "expired"
     expected_date = f"{(NOW - 2 * DAY):%Y-%m-%d %H:%M} UTC"
     assert exc.message == (
-        f"This server certificate expired on {expected_date}. "
-        "Issue a new certificate and upload that instead."
+        f"This server certificate expired on {expected_date}. Issue a new certificate and upload that instead."
     )
 
 
@@ -731,15 +677,11 @@ def test_it_rejects_a_leaf_marked_ca(pki: PKI) -> None:
         addresses=["10.77.0.2"],
     )
     assert exc.code == "leaf_is_ca"
-    assert exc.message.startswith(
-        "This certificate is marked as a CA (CA:TRUE), but a server certificate must not be."
-    )
+    assert exc.message.startswith("This certificate is marked as a CA (CA:TRUE), but a server certificate must not be.")
 
 
 def test_it_rejects_the_ca_uploaded_in_the_client_slot(pki: PKI) -> None:
-    exc = problem(
-        validate, "client", pki.ca.pem, key_pem=pki.ca.key_pem(), ca_pem=pki.ca.pem
-    )
+    exc = problem(validate, "client", pki.ca.pem, key_pem=pki.ca.key_pem(), ca_pem=pki.ca.pem)
     assert exc.code == "leaf_is_ca" and "client certificate must not be" in exc.message
 
 
@@ -747,9 +689,7 @@ def test_it_rejects_rsa_1024(pki: PKI) -> None:
     c = pki["rsa1024"]
     exc = problem(validate, "client", c.pem, key_pem=c.key_pem(), ca_pem=pki.ca.pem)
     assert exc.code == "weak_key"
-    assert exc.message.startswith(
-        "This client certificate uses a 1024-bit RSA key, which is too weak"
-    )
+    assert exc.message.startswith("This client certificate uses a 1024-bit RSA key, which is too weak")
 
 
 def test_it_rejects_ec_below_256_bits(pki: PKI) -> None:
@@ -767,15 +707,11 @@ def test_it_rejects_a_sha1_signature() -> None:
     during_validity = legacy.not_valid_before_utc + DAY
     exc = problem(validate_upload, "client", SHA1_CERT_PEM, now=during_validity)
     assert exc.code == "weak_signature"
-    assert exc.message.startswith(
-        "This client certificate is signed with SHA1, which is broken"
-    )
+    assert exc.message.startswith("This client certificate is signed with SHA1, which is broken")
 
 
 def test_it_rejects_a_leaf_without_digital_signature_usage(pki: PKI) -> None:
-    exc = problem(
-        validate, "client", pki["no_digital_signature"].pem, ca_pem=pki.ca.pem
-    )
+    exc = problem(validate, "client", pki["no_digital_signature"].pem, ca_pem=pki.ca.pem)
     assert exc.code == "key_usage" and "digitalSignature" in exc.message
 
 
@@ -795,14 +731,9 @@ def test_it_rejects_a_client_certificate_without_clientauth(pki: PKI) -> None:
 
 
 def test_it_rejects_a_server_certificate_without_serverauth(pki: PKI) -> None:
-    exc = problem(
-        validate, "server", pki["server_client_eku_only"].pem, ca_pem=pki.ca.pem
-    )
+    exc = problem(validate, "server", pki["server_client_eku_only"].pem, ca_pem=pki.ca.pem)
     assert exc.code == "eku_server"
-    assert (
-        "its Extended Key Usage is clientAuth but must include serverAuth"
-        in exc.message
-    )
+    assert "its Extended Key Usage is clientAuth but must include serverAuth" in exc.message
     exc = problem(validate, "server", pki["server_no_eku"].pem, ca_pem=pki.ca.pem)
     assert exc.code == "eku_server"
     assert "it has no Extended Key Usage but must include serverAuth" in exc.message
@@ -832,12 +763,7 @@ def test_it_does_not_accept_an_ip_that_only_appears_as_a_dns_name(pki: PKI) -> N
         eku=SERVER_EKU,
         sans=[x509.DNSName("10.77.0.5")],
     )
-    assert (
-        problem(
-            validate, "server", c.pem, ca_pem=pki.ca.pem, addresses=["10.77.0.5"]
-        ).code
-        == "san_mismatch"
-    )
+    assert problem(validate, "server", c.pem, ca_pem=pki.ca.pem, addresses=["10.77.0.5"]).code == "san_mismatch"
 
 
 def test_it_rejects_a_server_certificate_without_any_san(pki: PKI) -> None:
@@ -885,9 +811,7 @@ def test_it_rejects_an_expired_selected_ca(pki: PKI) -> None:
         ca_pem=pki["expired_ca"].pem,
     )
     assert (exc.code, exc.field) == ("ca_expired", "ca")
-    assert exc.message.startswith(
-        "The selected CA certificate cannot be used: This CA certificate expired on"
-    )
+    assert exc.message.startswith("The selected CA certificate cannot be used: This CA certificate expired on")
 
 
 def test_it_rejects_a_selected_ca_that_is_not_a_ca(pki: PKI) -> None:
@@ -910,10 +834,7 @@ def test_it_rejects_a_selected_ca_that_is_not_pem(pki: PKI) -> None:
         ca_pem=b"garbage",
     )
     assert (exc.code, exc.field) == ("ca_not_pem", "ca")
-    assert (
-        "The selected CA certificate cannot be used: This file is not a PEM certificate"
-        in exc.message
-    )
+    assert "The selected CA certificate cannot be used: This file is not a PEM certificate" in exc.message
 
 
 def test_it_warns_when_the_ca_expires_before_the_leaf(pki: PKI) -> None:
@@ -948,9 +869,7 @@ def test_it_rejects_a_key_that_does_not_match(pki: PKI) -> None:
 
 @pytest.mark.parametrize("fmt", ["pkcs8", "traditional"])
 @pytest.mark.parametrize("passphrase", [None, ""])
-def test_it_asks_for_the_passphrase_of_an_encrypted_key(
-    pki: PKI, fmt: str, passphrase: str | None
-) -> None:
+def test_it_asks_for_the_passphrase_of_an_encrypted_key(pki: PKI, fmt: str, passphrase: str | None) -> None:
     key_pem = pki.client.key_pem(b"s3cret", fmt=fmt)
     exc = problem(
         validate,
@@ -970,15 +889,11 @@ def test_it_asks_for_the_passphrase_of_an_encrypted_key(
 def test_it_reports_a_wrong_passphrase(pki: PKI, fmt: str) -> None:
     exc = problem(load_private_key, pki.client.key_pem(b"s3cret", fmt=fmt), "S3cret")
     assert (exc.code, exc.field) == ("wrong_passphrase", "passphrase")
-    assert exc.message.startswith(
-        "The passphrase is wrong: this private key could not be decrypted with it."
-    )
+    assert exc.message.startswith("The passphrase is wrong: this private key could not be decrypted with it.")
 
 
 def test_it_rejects_a_certificate_in_the_key_slot(pki: PKI) -> None:
-    exc = problem(
-        validate, "client", pki.client.pem, key_pem=pki.client.pem, ca_pem=pki.ca.pem
-    )
+    exc = problem(validate, "client", pki.client.pem, key_pem=pki.client.pem, ca_pem=pki.ca.pem)
     assert exc.code == "wrong_pem_type"
     assert exc.message.startswith("This file is a certificate, not a private key.")
 
@@ -994,13 +909,9 @@ def test_it_rejects_a_der_key_with_a_hint(pki: PKI) -> None:
 
 
 def test_it_rejects_an_openssh_key(pki: PKI) -> None:
-    ssh = Issued(pki.ca.cert, ed25519.Ed25519PrivateKey.generate()).key_pem(
-        fmt="openssh"
-    )
+    ssh = Issued(pki.ca.cert, ed25519.Ed25519PrivateKey.generate()).key_pem(fmt="openssh")
     exc = problem(load_private_key, ssh, None)
-    assert (
-        exc.code == "openssh_key" and "used for SSH logins, not for TLS" in exc.message
-    )
+    assert exc.code == "openssh_key" and "used for SSH logins, not for TLS" in exc.message
 
 
 def test_it_rejects_text_and_damaged_keys(pki: PKI) -> None:
@@ -1052,9 +963,7 @@ def test_it_never_leaks_library_exceptions_for_garbage(pki: PKI, data: bytes) ->
     ):
         problem(validate, kind, data, **kwargs)
     problem(validate, "client", pki.client.pem, key_pem=data, ca_pem=pki.ca.pem)
-    problem(
-        validate, "client", pki.client.pem, key_pem=pki.client.key_pem(), ca_pem=data
-    )
+    problem(validate, "client", pki.client.pem, key_pem=pki.client.key_pem(), ca_pem=data)
 
 
 # --------------------------------------------------------------------------
@@ -1112,9 +1021,7 @@ def test_it_creates_a_private_key_file_and_reuses_it(tmp_path) -> None:
     Fernet(key)  # valid
     assert load_or_create_key_file(str(path)) == key
     assert list(path.parent.iterdir()) == [path]  # no temp files left behind
-    assert (
-        decrypt_secret(encrypt_secret(b"x", key), load_or_create_key_file(path)) == b"x"
-    )
+    assert decrypt_secret(encrypt_secret(b"x", key), load_or_create_key_file(path)) == b"x"
 
 
 def test_it_rejects_a_corrupt_key_file(tmp_path) -> None:

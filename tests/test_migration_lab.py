@@ -37,23 +37,11 @@ def work(queue) -> None:
 
 
 def form_for(a, b, vm_name: str, **overrides) -> MigrationForm:
+    """The wizard's form as a browser submits it, with `overrides`."""
     inventory.refresh_host(a)
     vm = a.vms.get(name=vm_name)
-    data = {
-        "destination": b.pk,
-        "max_downtime_ms": 500,
-        "bandwidth_mib_s": 0,
-        "parallel_connections": 0,
-        "persistent_dest": "on",
-        "undefine_source": "on",
-        "create_images": "on",
-        "timeout_action": "suspend",
-    }
-    if MigrationForm(vm=vm).default_unsafe:
-        data["unsafe"] = "on"  # the browser's default for disks on shared storage
-    data.update(overrides)
-    data = {k: v for k, v in data.items() if v is not None}
-    return MigrationForm(data, vm=vm, features=gateway.migration_features(a.connect_uri, vm.uuid))
+    features = gateway.migration_features(a.connect_uri, vm.uuid)
+    return MigrationForm(MigrationForm.defaults(vm, b, **overrides), vm=vm, features=features)
 
 
 def queue_it(a, b, user, vm_name: str, **overrides) -> Migration:

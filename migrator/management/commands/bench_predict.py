@@ -8,17 +8,13 @@ import statistics
 import time
 import uuid
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from hosts import inventory
-from hosts.lab import Lab, LabError
 from migrator.dirtyrate import measure_series
-from migrator.executor import Executor, queue_migration
-from migrator.forms import MigrationForm
 from migrator.prediction import predict_for
-from migrator.roles import OPERATORS
+
+from ._lab import bench_user, lab_with_hosts, queue_on_lab, run_here
 
 BAD_ERROR_PCT = 25.0
 
@@ -37,17 +33,8 @@ class Command(BaseCommand):
         parser.add_argument("--readings", type=int, default=3, help="dirty-rate readings before each run")
 
     def handle(self, **o):
-        reason = Lab.cannot_run_reason()
-        if reason:
-            raise CommandError(f"The lab cannot run here: {reason}")
-        lab = Lab()
-        try:
-            lab.up(start_guests=False)
-            a, b = lab.register()
-        except LabError as error:
-            raise CommandError(str(error)) from None
-        user, _ = get_user_model().objects.get_or_create(username="bench")
-        user.groups.add(Group.objects.get_or_create(name=OPERATORS)[0])
+        lab, a, b = lab_with_hosts()
+        user = bench_user()
         rows = []
         dirty_rates = [int(x) for x in o["dirty"].split(",")]
         caps = [int(x) for x in o["bandwidth"].split(",")]
@@ -73,22 +60,7 @@ class Command(BaseCommand):
     def _calibrate(self, lab, a, b, user, name) -> None:
         lab.reset_guest(name)
         time.sleep(2)
-        inventory.refresh_host(a)
-        vm = a.vms.get(name=name)
-        data = {
-            "destination": b.pk,
-            "max_downtime_ms": 300,
-            "bandwidth_mib_s": 0,
-            "parallel_connections": 0,
-            "persistent_dest": "on",
-            "undefine_source": "on",
-            "timeout_action": "suspend",
-        }
-        form = MigrationForm(data, vm=vm)
-        if not form.is_valid():
-            raise CommandError(f"{name}: {form.errors.as_text()}")
-        migration = queue_migration(vm=vm, destination=b, parameters=form.parameters(), report=form.report, user=user)
-        Executor(migration).run()
+        run_here(queue_on_lab(a, b, user, name, max_downtime_ms=300))
 
     def _run(self, lab, a, b, user, name, cap, o) -> dict:
         lab.reset_guest(name)
@@ -96,25 +68,19 @@ class Command(BaseCommand):
         inventory.refresh_host(a)
         vm = a.vms.get(name=name)
         measured = measure_series(vm.pk, o["window"], o["window"] * o["readings"], str(uuid.uuid4()), "bench")
-        data = {
-            "destination": b.pk,
-            "max_downtime_ms": o["max_downtime"],
-            "bandwidth_mib_s": cap,
-            "parallel_connections": 0,
-            "persistent_dest": "on",
-            "undefine_source": "on",
-            "timeout_s": o["timeout"],
-            "timeout_action": "abort",
-        }
-        form = MigrationForm(data, vm=vm)
-        if not form.is_valid():
-            raise CommandError(f"{name}: {form.errors.as_text()}")
-        prediction = predict_for(vm, b, form.parameters())
-        migration = queue_migration(
-            vm=vm, destination=b, parameters=form.parameters(), report=form.report, user=user, prediction=prediction
+        migration = queue_on_lab(
+            a,
+            b,
+            user,
+            name,
+            prediction_for=predict_for,
+            max_downtime_ms=o["max_downtime"],
+            bandwidth_mib_s=cap,
+            timeout_s=o["timeout"],
+            timeout_action="abort",
         )
-        Executor(migration).run()
-        migration.refresh_from_db()
+        prediction = migration.prediction
+        migration = run_here(migration)
         plan = prediction.get("plan") or {}
         actual_s = migration.total_time_ms / 1000 if migration.total_time_ms else None
         predicted_s = plan.get("total_time_s")

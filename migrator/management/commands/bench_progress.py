@@ -17,15 +17,12 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.management.base import BaseCommand, CommandError
 
-from hosts import gateway, inventory
-from hosts.lab import Lab, LabError
-from migrator.executor import Executor, queue_migration
-from migrator.forms import MigrationForm
-from migrator.roles import OPERATORS
+from hosts import gateway
+
+from ._lab import bench_user, lab_with_hosts, queue_on_lab, run_here
 
 GUEST = "web-shared"
 
@@ -45,17 +42,9 @@ class Command(BaseCommand):
         parser.add_argument("--repeat", type=int, default=3, help="bare vs monitored migrations for the ratio")
 
     def handle(self, bandwidth: int, interval: float, repeat: int, **options):
-        reason = Lab.cannot_run_reason()
-        if reason:
-            raise CommandError(f"The lab cannot run here: {reason}")
-        lab = Lab()
-        try:
-            lab.up(start_guests=False)
-            a, b = lab.register()
-        except LabError as error:
-            raise CommandError(str(error)) from None
+        lab, a, b = lab_with_hosts()
         settings.MIGRATION_SAMPLE_INTERVAL_S = interval
-        user = self._bench_user()
+        user = bench_user()
         port = _free_port()
         daphne = self._start_daphne(port)
         try:
@@ -83,13 +72,6 @@ class Command(BaseCommand):
 
     # ------------------------------------------------------------ runs
 
-    def _bench_user(self):
-        from django.contrib.auth.models import Group
-
-        user, _ = get_user_model().objects.get_or_create(username="bench")
-        user.groups.add(Group.objects.get_or_create(name=OPERATORS)[0])
-        return user
-
     def _start_daphne(self, port: int) -> subprocess.Popen:
         log = open(Path(settings.BASE_DIR) / "var" / "bench-daphne.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
@@ -106,22 +88,7 @@ class Command(BaseCommand):
 
     def _queue(self, lab, a, b, user, bandwidth):
         lab.reset_guest(GUEST)
-        inventory.refresh_host(a)
-        vm = a.vms.get(name=GUEST)
-        data = {
-            "destination": b.pk,
-            "max_downtime_ms": 500,
-            "bandwidth_mib_s": bandwidth,
-            "parallel_connections": 0,
-            "persistent_dest": "on",
-            "undefine_source": "on",
-            "unsafe": "on",
-            "timeout_action": "suspend",
-        }
-        form = MigrationForm(data, vm=vm)
-        if not form.is_valid():
-            raise CommandError(f"pre-checks failed: {form.errors.as_text()}")
-        return queue_migration(vm=vm, destination=b, parameters=form.parameters(), report=form.report, user=user)
+        return queue_on_lab(a, b, user, GUEST, bandwidth_mib_s=bandwidth)
 
     def _latency_run(self, lab, a, b, user, port, bandwidth) -> tuple[list[float], float]:
         migration = self._queue(lab, a, b, user, bandwidth)
@@ -158,12 +125,11 @@ class Command(BaseCommand):
         if not ready.wait(20):
             raise CommandError("The websocket client could not connect to Daphne.")
         started = time.monotonic()
-        Executor(migration).run()
+        migration = run_here(migration)
         elapsed = time.monotonic() - started
         time.sleep(1)
         done.set()
         thread.join(10)
-        migration.refresh_from_db()
         if migration.state != "succeeded":
             raise CommandError(f"The benchmark migration {migration.state}: {migration.error_message}")
         return latencies, elapsed
@@ -171,9 +137,8 @@ class Command(BaseCommand):
     def _monitored_run(self, lab, a, b, user, bandwidth) -> float:
         migration = self._queue(lab, a, b, user, bandwidth)
         started = time.monotonic()
-        Executor(migration).run()
+        migration = run_here(migration)
         elapsed = time.monotonic() - started
-        migration.refresh_from_db()
         if migration.state != "succeeded":
             raise CommandError(f"A monitored migration {migration.state}: {migration.error_message}")
         return migration.final_stats.get("wall_time_ms", elapsed * 1000) / 1000
