@@ -141,6 +141,7 @@ class HostInfo:
     networks: list[str] = field(default_factory=list)
     bridges: list[str] = field(default_factory=list)
     cpu_xml: str = ""
+    kvm: bool | None = None  # hardware virtualisation usable (None: not a QEMU host)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,6 +343,13 @@ def host_info(uri: str) -> HostInfo:
             )
         except libvirt.libvirtError:
             bridges = []
+        kvm = None
+        if conn.getType().upper() == "QEMU":
+            try:
+                conn.getDomainCapabilities(None, caps.findtext("host/cpu/arch") or None, None, "kvm", 0)
+                kvm = True
+            except libvirt.libvirtError:
+                kvm = False
         # getInfo() counts sockets per NUMA node: nodes * sockets * cores is
         # libvirt's documented count of physical cores.
         physical = int(info[4]) * int(info[5]) * int(info[6])
@@ -365,6 +373,7 @@ def host_info(uri: str) -> HostInfo:
             networks=networks,
             bridges=bridges,
             cpu_xml=ET.tostring(cpu, encoding="unicode") if cpu is not None else "",
+            kvm=kvm,
         )
 
 

@@ -84,7 +84,8 @@ class MigrationForm(forms.Form):
         min_value=1,
         max_value=255,
         initial=2,
-        help_text="mt only: decompression threads on the destination (default 2).",
+        help_text="mt only: decompression threads on the destination (default 2). Wait-for-thread stays at "
+        "QEMU's default (on): libvirt has no parameter for it.",
     )
     parallel_connections = forms.IntegerField(
         min_value=0,
