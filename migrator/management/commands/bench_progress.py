@@ -40,16 +40,20 @@ class Command(BaseCommand):
         parser.add_argument("--bandwidth", type=int, default=8, help="MiB/s cap, to make the migration long")
         parser.add_argument("--interval", type=float, default=0.1, help="seconds between job-stats samples")
         parser.add_argument("--repeat", type=int, default=3, help="bare vs monitored migrations for the ratio")
+        parser.add_argument("--min-samples", type=int, default=200, help="latency samples to collect at least")
 
-    def handle(self, bandwidth: int, interval: float, repeat: int, **options):
+    def handle(self, bandwidth: int, interval: float, repeat: int, min_samples: int, **options):
         lab, a, b = lab_with_hosts()
         settings.MIGRATION_SAMPLE_INTERVAL_S = interval
         user = bench_user()
         port = _free_port()
         daphne = self._start_daphne(port)
         try:
-            latencies, monitored_s = self._latency_run(lab, a, b, user, port, bandwidth)
-            self.stdout.write(f"latency run: {len(latencies)} samples over {monitored_s:.1f} s")
+            latencies: list[float] = []
+            while len(latencies) < min_samples:
+                more, monitored_s = self._latency_run(lab, a, b, user, port, bandwidth)
+                latencies += more
+                self.stdout.write(f"latency run: {len(more)} samples over {monitored_s:.1f} s")
             bare, monitored = [], []
             for i in range(repeat):
                 bare.append(self._bare_run(lab, a, b, bandwidth))
