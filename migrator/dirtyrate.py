@@ -39,6 +39,13 @@ class DirtyRateForm(forms.Form):
         label="Duration (s)",
         help_text="Keep measuring, window after window, for this long.",
     )
+    curve = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Measure a curve",
+        help_text="Alternate 1×, 2× and 4× the window: guests that rewrite the same pages dirty less per second "
+        "over longer windows, and the prediction uses that curve.",
+    )
 
     def clean(self):
         cleaned = super().clean()
@@ -61,14 +68,25 @@ def refusal(vm: VirtualMachine) -> str:
     return ""
 
 
-def measure_series(vm_id: int, window_s: int, duration_s: int, series: str, username: str = "") -> int:
+def curve_windows(window_s: int) -> list[int]:
+    """Windows of 1×, 2× and 4× the base: a guest that rewrites the same pages
+    shows a lower rate over longer windows, and a migration iteration lasts
+    seconds, so the planner needs the curve, not one point."""
+    return [window_s, 2 * window_s, 4 * window_s]
+
+
+def measure_series(
+    vm_id: int, window_s: int, duration_s: int, series: str, username: str = "", curve: bool = False
+) -> int:
     """The job body: readings until `duration_s` has passed. Returns how many."""
     vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+    windows = curve_windows(window_s) if curve else [window_s]
     deadline = time.monotonic() + duration_s
     count = 0
-    while count == 0 or time.monotonic() + window_s <= deadline:
+    while count == 0 or time.monotonic() + windows[count % len(windows)] <= deadline:
         if Migration.objects.active().for_vm(vm.uuid).exists():
             break
+        window_s = windows[count % len(windows)]
         reading = gateway.dirty_rate(vm.host.connect_uri, vm.uuid, window_s)
         row = DirtyRateMeasurement.objects.create(
             vm_uuid=vm.uuid,
@@ -87,7 +105,7 @@ def measure_series(vm_id: int, window_s: int, duration_s: int, series: str, user
     return count
 
 
-def start_measurement(vm: VirtualMachine, window_s: int, duration_s: int, username: str) -> str:
+def start_measurement(vm: VirtualMachine, window_s: int, duration_s: int, username: str, curve: bool = False) -> str:
     import django_rq
 
     from .jobs import QUEUE
@@ -100,7 +118,8 @@ def start_measurement(vm: VirtualMachine, window_s: int, duration_s: int, userna
         duration_s,
         series,
         username,
-        job_timeout=duration_s + 120,
+        curve,
+        job_timeout=duration_s + 4 * window_s + 120,
         description=f"dirty rate of {vm.name}",
     )
     return series

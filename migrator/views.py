@@ -82,7 +82,7 @@ def vm_dirty_rate(request, pk: int):
         messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
     else:
         window, duration = form.cleaned_data["window_s"], form.cleaned_data["duration_s"]
-        dirtyrate.start_measurement(vm, window, duration, request.user.username)
+        dirtyrate.start_measurement(vm, window, duration, request.user.username, form.cleaned_data["curve"])
         audit(request, "vm.dirty_rate_measured", vm, window_s=window, duration_s=duration)
         messages.success(request, f"Measuring {vm.name}'s dirty rate: {window} s windows for {duration} s.")
     return redirect(vm)

@@ -11,7 +11,7 @@ import uuid
 from django.core.management.base import BaseCommand
 
 from hosts import inventory
-from migrator.dirtyrate import measure_series
+from migrator.dirtyrate import curve_windows, measure_series
 from migrator.prediction import predict_for
 
 from ._lab import bench_user, lab_with_hosts, queue_on_lab, run_here
@@ -30,7 +30,6 @@ class Command(BaseCommand):
         parser.add_argument("--max-downtime", type=int, default=300, help="ms")
         parser.add_argument("--timeout", type=int, default=45, help="abort a run after this many seconds")
         parser.add_argument("--window", type=int, default=1, help="dirty-rate window, s")
-        parser.add_argument("--readings", type=int, default=3, help="dirty-rate readings before each run")
 
     def handle(self, **o):
         lab, a, b = lab_with_hosts()
@@ -67,7 +66,9 @@ class Command(BaseCommand):
         time.sleep(2)  # let the dirty loop settle
         inventory.refresh_host(a)
         vm = a.vms.get(name=name)
-        measured = measure_series(vm.pk, o["window"], o["window"] * o["readings"], str(uuid.uuid4()), "bench")
+        # One reading per window of the curve (1×, 2×, 4×), as the VM page measures by default.
+        duration = sum(curve_windows(o["window"]))
+        measured = measure_series(vm.pk, o["window"], duration, str(uuid.uuid4()), "bench", curve=True)
         migration = queue_on_lab(
             a,
             b,
