@@ -85,6 +85,9 @@ class PlanInput:
     page_size_bytes: int = 4096
     zero_page_fraction: float = 0.0  # share of RAM that is zero pages (nearly free in pass 1)
     switchover_overhead_ms: float = 50.0  # device state etc., added to every downtime
+    # QEMU lifts the bandwidth cap for the final stop-and-copy (migration_completion
+    # sets the rate limit to INT64_MAX), so the last pages go at link speed.
+    final_copy_bandwidth_mib_s: float | None = None
     setup_s: float = 0.3
     max_iterations: int = 30
     horizon_s: float = 3600.0
@@ -228,7 +231,7 @@ def _simulate(inp: PlanInput) -> Plan:
     """Run the pass-by-pass model; no recommendations (those call back into here)."""
     wire = _wire_bandwidth(inp)
     first_mult, later_mult = _multipliers(inp.compression)
-    final_bw = wire * later_mult
+    final_bw = max(wire, inp.final_copy_bandwidth_mib_s or 0.0) * later_mult
     # QEMU compares pending page bytes with *measured wire* bandwidth x downtime-limit.
     threshold = wire * inp.max_downtime_ms / 1000.0
     overhead_s = inp.switchover_overhead_ms / 1000.0

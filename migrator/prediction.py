@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import replace
 from typing import Any
 
 from hosts.models import Host, VirtualMachine
@@ -43,6 +44,22 @@ def learned_throughput_mib_s(source_name: str, destination_name: str) -> float |
     if len(speeds) < LEARN_MIN_SAMPLES:
         return None
     return planner.learned_bandwidth(speeds)
+
+
+def learned_switchover_ms(source_name: str, destination_name: str) -> float | None:
+    """Median downtime of recent uncapped migrations between the two hosts:
+    what switching over costs there beyond copying the last pages."""
+    downtimes = [
+        m.downtime_ms
+        for m in Migration.objects.filter(
+            state=MigrationState.SUCCEEDED,
+            source_name=source_name,
+            destination_name=destination_name,
+            downtime_ms__isnull=False,
+        ).order_by("-finished_at")[:20]
+        if not m.parameters.get("bandwidth_mib_s") and not m.parameters.get("timeout_s")
+    ]
+    return statistics.median(downtimes) if downtimes else None
 
 
 def learned_zero_page_fraction(vm_uuid: str) -> float:
@@ -119,6 +136,12 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
         }
     zero = learned_zero_page_fraction(vm.uuid)
     inp = plan_input(vm.memory_kib / 1024, dirty, curve, bandwidth, bool(cap), parameters, zero)
+    overhead_ms = learned_switchover_ms(vm.host.name, destination.name)
+    inp = replace(
+        inp,
+        final_copy_bandwidth_mib_s=learned,
+        switchover_overhead_ms=inp.switchover_overhead_ms if overhead_ms is None else overhead_ms,
+    )
     result = planner.plan(inp)
     return {
         "available": True,

@@ -238,3 +238,13 @@ def test_it_rejects_nonsense_input():
         PlanInput(256, 1, 100, timeout_action="reboot")
     with pytest.raises(ValueError):
         PlanInput(256, 1, 100, dirty_rate_curve=[(0, 5)])
+
+
+def test_it_copies_the_last_pages_at_link_speed_when_a_cap_is_set():
+    capped = PlanInput(memory_mib=256, dirty_rate_mib_s=2, bandwidth_mib_s=16, max_downtime_ms=300)
+    lifted = replace(capped, final_copy_bandwidth_mib_s=160)
+    slow, fast = plan(capped), plan(lifted)
+    assert slow.iterations == fast.iterations, "the cap still sets the switch-over threshold"
+    pending_ms_slow = slow.downtime_ms - capped.switchover_overhead_ms
+    pending_ms_fast = fast.downtime_ms - lifted.switchover_overhead_ms
+    assert pending_ms_fast == pytest.approx(pending_ms_slow / 10, rel=1e-6)
