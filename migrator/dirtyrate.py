@@ -83,7 +83,8 @@ def measure_series(
     windows = curve_windows(window_s) if curve else [window_s]
     deadline = time.monotonic() + duration_s
     count = 0
-    while count == 0 or time.monotonic() + windows[count % len(windows)] <= deadline:
+    # At least one reading per window, so a curve is always complete.
+    while count < len(windows) or time.monotonic() + windows[count % len(windows)] <= deadline:
         if Migration.objects.active().for_vm(vm.uuid).exists():
             break
         window_s = windows[count % len(windows)]
