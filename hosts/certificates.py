@@ -106,9 +106,7 @@ class CertificateProblem(ValueError):
     the error to the right input.
     """
 
-    def __init__(
-        self, message: str, *, code: str = "invalid", field: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -264,8 +262,7 @@ def _load_one_certificate(data: bytes, *, field_name: str) -> x509.Certificate:
                 ) from None
             raise CertificateProblem(_DER_CERT_HINT, code="der", field=field_name)
         raise CertificateProblem(
-            "This file is not a PEM certificate: it should start with "
-            "-----BEGIN CERTIFICATE-----. " + _PEM_HINT,
+            "This file is not a PEM certificate: it should start with -----BEGIN CERTIFICATE-----. " + _PEM_HINT,
             code="not_pem",
             field=field_name,
         )
@@ -334,8 +331,7 @@ def _wrong_pem_kind_message(label: str, *, expected: str) -> str:
         fix = (
             "Upload the certificate instead."
             if expected == "certificate"
-            else "Upload the private key (-----BEGIN PRIVATE KEY-----) that belongs to "
-            "the certificate."
+            else "Upload the private key (-----BEGIN PRIVATE KEY-----) that belongs to the certificate."
         )
         return f"This file is {what}, not a {expected}. {fix}"
     if label == "TRUSTED CERTIFICATE":
@@ -508,12 +504,7 @@ def _build_info(cert: x509.Certificate) -> CertificateInfo:
 # Private keys
 # --------------------------------------------------------------------------
 
-PrivateKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-)
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 
 
 def load_private_key(data: bytes, passphrase: str | None = None) -> PrivateKey:
@@ -526,9 +517,7 @@ def load_private_key(data: bytes, passphrase: str | None = None) -> PrivateKey:
     return _load_private_key(data, passphrase, field_name="key")
 
 
-def _load_private_key(
-    data: bytes, passphrase: str | bytes | None, *, field_name: str
-) -> PrivateKey:
+def _load_private_key(data: bytes, passphrase: str | bytes | None, *, field_name: str) -> PrivateKey:
     data = _strip_bom(_check_not_empty(data, "private key", field_name))
     labels = _pem_labels(data)
 
@@ -574,9 +563,7 @@ def _load_private_key(
 
     # Decide from the PEM headers whether a password is needed, instead of
     # parsing cryptography's exception texts, which change between releases.
-    encrypted = (
-        "ENCRYPTED PRIVATE KEY" in key_labels or b"Proc-Type: 4,ENCRYPTED" in data
-    )
+    encrypted = "ENCRYPTED PRIVATE KEY" in key_labels or b"Proc-Type: 4,ENCRYPTED" in data
     if isinstance(passphrase, str):
         passphrase = passphrase.encode("utf-8")
     if not passphrase:
@@ -584,22 +571,18 @@ def _load_private_key(
 
     if encrypted and passphrase is None:
         raise CertificateProblem(
-            "This private key is encrypted; enter its passphrase in the passphrase "
-            "field and upload it again.",
+            "This private key is encrypted; enter its passphrase in the passphrase field and upload it again.",
             code="passphrase_required",
             field="passphrase",
         )
 
     try:
-        key = serialization.load_pem_private_key(
-            data, password=passphrase if encrypted else None
-        )
+        key = serialization.load_pem_private_key(data, password=passphrase if encrypted else None)
     except TypeError:
         # Headers and contents disagree about encryption: treat it like the
         # common case of a missing passphrase.
         raise CertificateProblem(
-            "This private key is encrypted; enter its passphrase in the passphrase "
-            "field and upload it again.",
+            "This private key is encrypted; enter its passphrase in the passphrase field and upload it again.",
             code="passphrase_required",
             field="passphrase",
         ) from None
@@ -736,8 +719,7 @@ def validate_upload(
             )
     elif kind != "ca":
         warnings.append(
-            f"No CA was selected, so it was not checked that this {label} is signed by "
-            "a CA the hosts trust."
+            f"No CA was selected, so it was not checked that this {label} is signed by a CA the hosts trust."
         )
 
     key_pem_unencrypted: bytes | None = None
@@ -772,9 +754,7 @@ def validate_upload(
             f"(on {_fmt_date(info.not_after)}). Plan its renewal now."
         )
 
-    return ValidatedUpload(
-        info=info, key_pem_unencrypted=key_pem_unencrypted, warnings=warnings
-    )
+    return ValidatedUpload(info=info, key_pem_unencrypted=key_pem_unencrypted, warnings=warnings)
 
 
 def _aware_now(now: dt.datetime | None) -> dt.datetime:
@@ -788,13 +768,10 @@ def _fmt_date(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _check_validity(
-    info: CertificateInfo, label: str, now: dt.datetime, *, field_name: str
-) -> None:
+def _check_validity(info: CertificateInfo, label: str, now: dt.datetime, *, field_name: str) -> None:
     if now > info.not_after:
         raise CertificateProblem(
-            f"This {label} expired on {_fmt_date(info.not_after)}. Issue a new "
-            "certificate and upload that instead.",
+            f"This {label} expired on {_fmt_date(info.not_after)}. Issue a new certificate and upload that instead.",
             code="expired",
             field=field_name,
         )
@@ -921,11 +898,7 @@ def _check_server_eku(info: CertificateInfo) -> None:
     eku = info.extended_key_usage
     if "serverAuth" in eku or "anyExtendedKeyUsage" in eku:
         return
-    present = (
-        f"its Extended Key Usage is {', '.join(eku)}"
-        if eku
-        else "it has no Extended Key Usage"
-    )
+    present = f"its Extended Key Usage is {', '.join(eku)}" if eku else "it has no Extended Key Usage"
     raise CertificateProblem(
         "This certificate is not marked for TLS server use: "
         f"{present} but must include serverAuth. Re-issue it as a server certificate "
@@ -1002,9 +975,7 @@ def _check_self_signature(cert: x509.Certificate) -> None:
         ) from None
 
 
-def _load_chosen_ca(
-    ca_pem: bytes, now: dt.datetime
-) -> tuple[x509.Certificate, CertificateInfo]:
+def _load_chosen_ca(ca_pem: bytes, now: dt.datetime) -> tuple[x509.Certificate, CertificateInfo]:
     try:
         ca_cert = _load_one_certificate(ca_pem, field_name="ca")
         ca_info = _info_from_cert(ca_cert)
