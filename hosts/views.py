@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from migrator.dirtyrate import vm_dirty_rate_context
 from migrator.models import AuditEvent, Migration
 from migrator.roles import OPERATORS, role_required, superuser_required
 
@@ -126,15 +127,8 @@ def vm_detail(request, pk: int):
     migrations = Migration.objects.for_vm(vm.uuid)[:20]
     active = Migration.objects.active().for_vm(vm.uuid).first()
     context = {"vm": vm, "disks": disks, "migrations": migrations, "active": active}
-    context.update(vm_extra_context(request, vm))
+    context.update(vm_dirty_rate_context(request, vm))
     return render(request, "hosts/vm.html", context)
-
-
-def vm_extra_context(request, vm: VirtualMachine) -> dict:
-    """Hook for the dirty-rate panel; kept separate so the page stays one view."""
-    from migrator.dirtyrate import vm_dirty_rate_context
-
-    return vm_dirty_rate_context(request, vm)
 
 
 @require_POST

@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from hosts.certstore import expiry_warnings
 from hosts.models import Host, VirtualMachine
 from hosts.views import audit
 
@@ -23,17 +24,11 @@ def home(request):
         "active": Migration.objects.active().order_by("created_at"),
         "recent": Migration.objects.finished().order_by("-finished_at")[:10],
     }
-    context.update(home_extra_context(request))
+    context["certificate_warnings"] = expiry_warnings()
     return render(request, "migrator/home.html", context)
 
 
-def home_extra_context(request) -> dict:
-    """Certificate expiry warnings, when the certificate store is present."""
-    try:
-        from hosts.certstore import expiry_warnings
-    except ImportError:
-        return {}
-    return {"certificate_warnings": expiry_warnings()}
+
 
 
 @role_required(OPERATORS, AUDITORS)
