@@ -28,9 +28,6 @@ def home(request):
     return render(request, "migrator/home.html", context)
 
 
-
-
-
 @role_required(OPERATORS, AUDITORS)
 def migration_detail(request, pk: int):
     migration = get_object_or_404(Migration, pk=pk)
