@@ -7,27 +7,13 @@ from django.contrib import admin, messages
 from django.db.models import Q
 
 from migrator.models import AuditEvent, Migration
+from migrator.roles import SuperuserOnly
 
 from .models import Host, VirtualMachine
 
 
-class AuditedSuperuserAdmin(admin.ModelAdmin):
+class AuditedSuperuserAdmin(SuperuserOnly, admin.ModelAdmin):
     audit_prefix = ""
-
-    def has_module_permission(self, request) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_add_permission(self, request) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_superuser
 
     def _audit(self, request, verb: str, obj, **details) -> None:
         AuditEvent.record(

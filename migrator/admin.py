@@ -10,6 +10,7 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 
 from .models import AuditEvent, Migration, MigrationEvent, MigrationSample
+from .roles import SuperuserOnly
 from .signals import acting_as
 
 User = get_user_model()
@@ -72,25 +73,6 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = ("action",)
     search_fields = ("actor_username", "action", "object_repr", "object_id")
     date_hierarchy = "at"
-
-
-class SuperuserOnly:
-    """Only superusers manage users and groups, whatever permissions staff hold."""
-
-    def has_module_permission(self, request) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_add_permission(self, request) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_superuser
 
 
 def _acting(request):

@@ -76,3 +76,22 @@ def roles_context(request) -> dict:
         "is_security_admin": SECURITY_ADMINS in roles,
         "user_roles": sorted(roles),
     }
+
+
+class SuperuserOnly:
+    """Only superusers manage users and groups, whatever permissions staff hold."""
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_superuser

@@ -7,6 +7,7 @@ export LAB_DOWN_AT_END=0
 PYTEST=(.venv/bin/pytest -p no:cacheprovider)
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "== tests on SQLite"
 sqlite_status=0
 DATABASE_URL="sqlite:///$PWD/var/test.sqlite3" "${PYTEST[@]}" "$@" || sqlite_status=$?
