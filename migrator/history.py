@@ -66,8 +66,48 @@ def parse_local_datetime_end(raw: str, value: dt.datetime) -> dt.datetime:
     return value
 
 
-class HistoryFilterForm(forms.Form):
+END_HELP = "Inclusive; a date alone means the end of that day."
+
+
+def _local_datetime_field(label: str, help_text: str = "") -> forms.DateTimeField:
+    return forms.DateTimeField(
+        label=label,
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text=help_text,
+    )
+
+
+def _suggested_text_field(datalist: str, help_text: str, label: str | None = None) -> forms.CharField:
+    """A free-text filter with suggestions from the page's <datalist id=...>."""
+    return forms.CharField(
+        label=label,
+        required=False,
+        widget=forms.TextInput(attrs={"list": datalist}),
+        help_text=help_text,
+    )
+
+
+class DateRangeForm(forms.Form):
+    """A filter form with an optional [start, end] range of local datetimes."""
+
+    range_fields: tuple[str, str]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        start_name, end_name = self.range_fields
+        start, end = cleaned.get(start_name), cleaned.get(end_name)
+        if end is not None:
+            end = cleaned[end_name] = parse_local_datetime_end(self.data.get(self.add_prefix(end_name), ""), end)
+        if start and end and start > end:
+            self.add_error(end_name, "The end of the date range is before its start; swap the two dates.")
+        return cleaned
+
+
+class HistoryFilterForm(DateRangeForm):
     """Every field is optional; an empty form lists every migration."""
+
+    range_fields = ("created_from", "created_to")
 
     q = forms.CharField(
         label="Search",
@@ -76,36 +116,12 @@ class HistoryFilterForm(forms.Form):
     )
     state = forms.ChoiceField(required=False, choices=[("", "any state"), *MigrationState.choices])
     vm = forms.CharField(label="VM", required=False, help_text="Part of the VM name or UUID.")
-    source = forms.CharField(
-        label="Source host",
-        required=False,
-        widget=forms.TextInput(attrs={"list": "host-names"}),
-        help_text="Host name at the time (exact).",
-    )
-    destination = forms.CharField(
-        label="Destination host",
-        required=False,
-        widget=forms.TextInput(attrs={"list": "host-names"}),
-        help_text="Host name at the time (exact).",
-    )
-    user = forms.CharField(
-        required=False,
-        widget=forms.TextInput(attrs={"list": "usernames"}),
-        help_text="Username that started or cancelled the migration (exact).",
-    )
+    source = _suggested_text_field("host-names", "Host name at the time (exact).", "Source host")
+    destination = _suggested_text_field("host-names", "Host name at the time (exact).", "Destination host")
+    user = _suggested_text_field("usernames", "Username that started or cancelled the migration (exact).")
     since = forms.ChoiceField(label="Created", required=False, choices=SINCE_CHOICES)
-    created_from = forms.DateTimeField(
-        label="Created from",
-        required=False,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
-        help_text="Server time zone.",
-    )
-    created_to = forms.DateTimeField(
-        label="Created to",
-        required=False,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
-        help_text="Inclusive; a date alone means the end of that day.",
-    )
+    created_from = _local_datetime_field("Created from", "Server time zone.")
+    created_to = _local_datetime_field("Created to", END_HELP)
     storage = forms.ChoiceField(
         required=False,
         choices=[("", "any storage"), ("shared", "shared"), ("non_shared", "non-shared")],
@@ -114,22 +130,9 @@ class HistoryFilterForm(forms.Form):
     cancelled = forms.ChoiceField(required=False, choices=YES_NO, help_text="Cancelled, or a cancel was requested.")
     sort = forms.CharField(required=False, widget=forms.HiddenInput)
 
-    def clean_created_to(self) -> dt.datetime | None:
-        value = self.cleaned_data.get("created_to")
-        if value is None:
-            return None
-        return parse_local_datetime_end(self.data.get(self.add_prefix("created_to"), ""), value)
-
     def clean_sort(self) -> str:
         value = (self.cleaned_data.get("sort") or "").strip()
         return value if value.lstrip("-") in SORTABLE_COLUMNS else DEFAULT_SORT
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
-        start, end = cleaned.get("created_from"), cleaned.get("created_to")
-        if start and end and start > end:
-            self.add_error("created_to", "The end of the date range is before its start; swap the two dates.")
-        return cleaned
 
     def active_filters(self) -> dict[str, Any]:
         """The filters in use, in a form fit for an export header or the audit log."""
@@ -295,38 +298,19 @@ def export_queryset(queryset: QuerySet) -> QuerySet:
 # ------------------------------------------------------------------ audit log
 
 
-class AuditFilterForm(forms.Form):
-    action = forms.CharField(
-        required=False,
-        widget=forms.TextInput(attrs={"list": "audit-actions"}),
-        help_text="An action such as host.removed, or a prefix ending in a dot or * (host.* for every host action).",
+class AuditFilterForm(DateRangeForm):
+    range_fields = ("at_from", "at_to")
+
+    action = _suggested_text_field(
+        "audit-actions",
+        "An action such as host.removed, or a prefix ending in a dot or * (host.* for every host action).",
     )
     actor = forms.CharField(required=False, help_text="Username (exact).")
     since = forms.ChoiceField(label="When", required=False, choices=SINCE_CHOICES)
-    at_from = forms.DateTimeField(
-        label="From", required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    at_to = forms.DateTimeField(
-        label="To",
-        required=False,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
-        help_text="Inclusive; a date alone means the end of that day.",
-    )
+    at_from = _local_datetime_field("From")
+    at_to = _local_datetime_field("To", END_HELP)
     object_type = forms.CharField(required=False, widget=forms.HiddenInput)
     object_id = forms.CharField(required=False, widget=forms.HiddenInput)
-
-    def clean_at_to(self) -> dt.datetime | None:
-        value = self.cleaned_data.get("at_to")
-        if value is None:
-            return None
-        return parse_local_datetime_end(self.data.get(self.add_prefix("at_to"), ""), value)
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
-        start, end = cleaned.get("at_from"), cleaned.get("at_to")
-        if start and end and start > end:
-            self.add_error("at_to", "The end of the date range is before its start; swap the two dates.")
-        return cleaned
 
 
 def filter_audit_events(form: AuditFilterForm, queryset: QuerySet | None = None) -> QuerySet:
