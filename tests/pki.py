@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 UTC = dt.UTC
 DAY = dt.timedelta(days=1)
 SERVER_EKU = [ExtendedKeyUsageOID.SERVER_AUTH]
 CLIENT_EKU = [ExtendedKeyUsageOID.CLIENT_AUTH]
+SHA256 = hashes.SHA256()
 LEAF_KU = {"digital_signature": True, "key_encipherment": True}
 CA_KU = {"key_cert_sign": True, "crl_sign": True}
 _KU_NAMES = (
@@ -29,6 +31,23 @@ _KU_NAMES = (
     "encipher_only",
     "decipher_only",
 )
+_KEY_FORMATS = {
+    "pkcs8": serialization.PrivateFormat.PKCS8,
+    "traditional": serialization.PrivateFormat.TraditionalOpenSSL,
+    "openssh": serialization.PrivateFormat.OpenSSH,
+}
+
+
+def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(curve or ec.SECP256R1())
+
+
+def key_usage(**flags: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(**{n: flags.get(n, False) for n in _KU_NAMES})
+
+
+def name(cn: str, org: str = "Migration Lab") -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 @dataclass
@@ -40,14 +59,22 @@ class Issued:
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def key_pem(self, passphrase: bytes | None = None) -> bytes:
+    @property
+    def der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+    def key_pem(self, passphrase: bytes | None = None, fmt: str = "pkcs8") -> bytes:
         encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        return self.key.private_bytes(serialization.Encoding.PEM, _KEY_FORMATS[fmt], encryption)
 
 
-def sans(*names: str) -> list[x509.GeneralName]:
+def sans(*names: str | x509.GeneralName) -> list[x509.GeneralName]:
+    """Subject alternative names: IP addresses as such, other strings as DNS names."""
     result: list[x509.GeneralName] = []
     for value in names:
+        if isinstance(value, x509.GeneralName):
+            result.append(value)
+            continue
         try:
             result.append(x509.IPAddress(ipaddress.ip_address(value)))
         except ValueError:
@@ -63,18 +90,19 @@ def make_cert(
     ca: bool | None = False,
     ku: dict[str, bool] | None = None,
     eku: list[x509.ObjectIdentifier] | None = None,
-    names: list[str] | None = None,
+    names: Iterable[str | x509.GeneralName] | None = None,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     now: dt.datetime | None = None,
+    hash_alg: hashes.HashAlgorithm | None = SHA256,
+    subject: x509.Name | None = None,
 ) -> Issued:
     """A certificate; ``issuer=None`` is self-signed, ``ca=None`` leaves out
     Basic Constraints, ``ku``/``eku``/``names`` only when given."""
     now = now or dt.datetime.now(UTC)
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Migration Lab"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    )
+    key = key or ec_key()
+    subject = subject or name(cn)
+    signer_key = issuer.key if issuer else key
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -87,13 +115,14 @@ def make_cert(
     if ca is not None:
         builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     if ku is not None:
-        builder = builder.add_extension(x509.KeyUsage(**{n: ku.get(n, False) for n in _KU_NAMES}), critical=True)
+        builder = builder.add_extension(key_usage(**ku), critical=True)
     if eku is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
     if names is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans(*names)), critical=False)
-    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
-    return Issued(cert, key)
+    if isinstance(signer_key, ed25519.Ed25519PrivateKey):
+        hash_alg = None  # Ed25519 signs without a separate digest
+    return Issued(builder.sign(signer_key, hash_alg), key)
 
 
 def make_ca(cn: str = "Test CA", **kwargs) -> Issued:

@@ -8,7 +8,6 @@ not matter because RSA generation is slow.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import stat
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from cryptography import x509
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hosts.certificates import (
     DEFAULT_MAX_BYTES,
@@ -34,16 +32,11 @@ from hosts.certificates import (
     rotate_secret,
     validate_upload,
 )
+from tests import pki as pki_lib
+from tests.pki import CA_KU, CLIENT_EKU, DAY, LEAF_KU, SERVER_EKU, UTC, Issued, ec_key, name
 
-UTC = dt.UTC
 # One fixed "now" for both generation and validation keeps expiry maths exact.
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
-DAY = dt.timedelta(days=1)
-SERVER_EKU = [ExtendedKeyUsageOID.SERVER_AUTH]
-CLIENT_EKU = [ExtendedKeyUsageOID.CLIENT_AUTH]
-SHA256 = hashes.SHA256()
-LEAF_KU = {"digital_signature": True, "key_encipherment": True}
-CA_KU = {"key_cert_sign": True, "crl_sign": True}
 
 # cryptography >= 45 refuses to *create* SHA-1 signatures, so this legacy
 # self-signed client certificate (ecdsa-with-SHA1, valid 2026-11-26 to 2126)
@@ -63,116 +56,11 @@ mHifSgsCIBM8ZCe2HJFLf01iJyLVNCp+FF/DQBLC3XnTYOOzGBar
 -----END CERTIFICATE-----
 """
 
-# --------------------------------------------------------------------------
-# PKI generation helpers
-# --------------------------------------------------------------------------
 
-
-def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(curve or ec.SECP256R1())
-
-
-def key_usage(**flags: bool) -> x509.KeyUsage:
-    names = [
-        "digital_signature",
-        "content_commitment",
-        "key_encipherment",
-        "data_encipherment",
-        "key_agreement",
-        "key_cert_sign",
-        "crl_sign",
-        "encipher_only",
-        "decipher_only",
-    ]
-    return x509.KeyUsage(**{n: flags.get(n, False) for n in names})
-
-
-def name(cn: str, org: str = "Migration Lab") -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        ]
-    )
-
-
-@dataclass
-class Issued:
-    cert: x509.Certificate
-    key: object
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def der(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.DER)
-
-    def key_pem(self, passphrase: bytes | None = None, fmt: str = "pkcs8") -> bytes:
-        enc = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-        private_format = {
-            "pkcs8": serialization.PrivateFormat.PKCS8,
-            "traditional": serialization.PrivateFormat.TraditionalOpenSSL,
-            "openssh": serialization.PrivateFormat.OpenSSH,
-        }[fmt]
-        return self.key.private_bytes(serialization.Encoding.PEM, private_format, enc)
-
-
-def make_cert(
-    cn: str,
-    *,
-    issuer: Issued | None = None,
-    key: object | None = None,
-    ca: bool | None = False,
-    ku: dict[str, bool] | None = None,
-    eku: list[x509.ObjectIdentifier] | None = None,
-    sans: list[x509.GeneralName] | None = None,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-    hash_alg: hashes.HashAlgorithm | None = SHA256,
-    subject: x509.Name | None = None,
-) -> Issued:
-    """Build a certificate; ``issuer=None`` means self-signed.
-
-    ``ca=None`` leaves out Basic Constraints entirely; ``ku``/``eku``/``sans``
-    are only added when given, so tests can build certificates lacking them.
-    """
-    key = key or ec_key()
-    subject = subject or name(cn)
-    signer_key = issuer.key if issuer else key
-    issuer_name = issuer.cert.subject if issuer else subject
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or NOW - DAY)
-        .not_valid_after(not_after or NOW + 365 * DAY)
-    )
-    if ca is not None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    if ku is not None:
-        builder = builder.add_extension(key_usage(**ku), critical=True)
-    if eku is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-    if sans is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    if isinstance(signer_key, (ed25519.Ed25519PrivateKey,)):
-        hash_alg = None
-    cert = builder.sign(signer_key, hash_alg)
-    return Issued(cert, key)
-
-
-def host_sans(*names: str) -> list[x509.GeneralName]:
-    result: list[x509.GeneralName] = []
-    for value in names:
-        try:
-            result.append(x509.IPAddress(ipaddress.ip_address(value)))
-        except ValueError:
-            result.append(x509.DNSName(value))
-    return result
+def make_cert(cn: str, **kwargs) -> Issued:
+    """tests.pki.make_cert at this module's fixed NOW."""
+    kwargs.setdefault("now", NOW)
+    return pki_lib.make_cert(cn, **kwargs)
 
 
 @dataclass
@@ -194,7 +82,7 @@ def pki() -> PKI:
         issuer=ca,
         ku=LEAF_KU,
         eku=SERVER_EKU,
-        sans=host_sans("10.77.0.2", "fd00:77::2", "host-b", "host-b.lab.example"),
+        names=["10.77.0.2", "fd00:77::2", "host-b", "host-b.lab.example"],
     )
     client = make_cert("dashboard", issuer=ca, ku=LEAF_KU, eku=CLIENT_EKU)
     other_ca = make_cert("Someone Else CA", ca=True, ku=CA_KU)
@@ -209,7 +97,7 @@ def pki() -> PKI:
             issuer=ca,
             ku=LEAF_KU,
             eku=SERVER_EKU,
-            sans=host_sans("10.77.0.2"),
+            names=["10.77.0.2"],
             not_before=NOW - 400 * DAY,
             not_after=NOW - 2 * DAY,
         ),
@@ -218,7 +106,7 @@ def pki() -> PKI:
             issuer=ca,
             ku=LEAF_KU,
             eku=SERVER_EKU,
-            sans=host_sans("10.77.0.2"),
+            names=["10.77.0.2"],
             not_before=NOW + 3 * DAY,
             not_after=NOW + 400 * DAY,
         ),
@@ -237,7 +125,7 @@ def pki() -> PKI:
             ca=True,
             ku=LEAF_KU,
             eku=SERVER_EKU,
-            sans=host_sans("10.77.0.2"),
+            names=["10.77.0.2"],
         ),
         "ca_not_ca": make_cert("Migration Lab CA", ca=False, ku=CA_KU),
         "ca_no_basic_constraints": make_cert("Migration Lab CA", ca=None, ku=CA_KU),
@@ -277,7 +165,7 @@ def pki() -> PKI:
             key=ed25519.Ed25519PrivateKey.generate(),
             ku=LEAF_KU,
             eku=SERVER_EKU,
-            sans=host_sans("10.77.0.3"),
+            names=["10.77.0.3"],
         ),
         "dsa": make_cert(
             "dashboard",
@@ -293,23 +181,23 @@ def pki() -> PKI:
             issuer=ca,
             ku=LEAF_KU,
             eku=CLIENT_EKU,
-            sans=host_sans("10.77.0.2"),
+            names=["10.77.0.2"],
         ),
-        "server_no_eku": make_cert("host-b", issuer=ca, ku=LEAF_KU, sans=host_sans("10.77.0.2")),
+        "server_no_eku": make_cert("host-b", issuer=ca, ku=LEAF_KU, names=["10.77.0.2"]),
         "server_no_sans": make_cert("host-b", issuer=ca, ku=LEAF_KU, eku=SERVER_EKU),
         "server_wildcard": make_cert(
             "*.lab.example",
             issuer=ca,
             ku=LEAF_KU,
             eku=SERVER_EKU,
-            sans=host_sans("*.lab.example"),
+            names=["*.lab.example"],
         ),
         "server_both_eku": make_cert(
             "host-b",
             issuer=ca,
             ku=LEAF_KU,
             eku=SERVER_EKU + CLIENT_EKU,
-            sans=host_sans("10.77.0.2"),
+            names=["10.77.0.2"],
         ),
         "no_digital_signature": make_cert(
             "dashboard",
@@ -761,7 +649,7 @@ def test_it_does_not_accept_an_ip_that_only_appears_as_a_dns_name(pki: PKI) -> N
         issuer=pki.ca,
         ku=LEAF_KU,
         eku=SERVER_EKU,
-        sans=[x509.DNSName("10.77.0.5")],
+        names=[x509.DNSName("10.77.0.5")],
     )
     assert problem(validate, "server", c.pem, ca_pem=pki.ca.pem, addresses=["10.77.0.5"]).code == "san_mismatch"
 
