@@ -13,6 +13,7 @@ name says ``_ms``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import statistics
@@ -52,6 +53,11 @@ COMPRESSION_MULTIPLIER: dict[str, float] = {
 MULTIFD_GAIN_PER_CHANNEL = 0.05
 MULTIFD_GAIN_MAX = 1.25
 
+# Near the boundary, pre-copy is decided by the guest's bursts rather than its average
+# rate, and page sampling reads only a few hundred pages: a plan that converges at the
+# measured rate but stalls at 20 % more is too close to call, and reported as not converging.
+RATE_MARGIN = 0.2
+
 DETAIL_LIMIT = 100  # passes kept in iterations_detail; the counters stay exact
 HARD_PASS_LIMIT = 100_000  # safety net when a timeout keeps the loop going
 TIMEOUT_ACTIONS = ("suspend", "postcopy", "abort")
@@ -89,6 +95,10 @@ class PlanInput:
     # sets the rate limit to INT64_MAX), so the last pages go at link speed.
     final_copy_bandwidth_mib_s: float | None = None
     setup_s: float = 0.3
+    # A plan must still converge when the guest dirties this much more than measured
+    # (see ``evaluate``); 0 judges the measured rate alone.
+    rate_margin: float = RATE_MARGIN
+    dirty_scale: float = 1.0  # multiplies every dirtied amount; evaluate() sets it
     max_iterations: int = 30
     horizon_s: float = 3600.0
 
@@ -104,6 +114,8 @@ class PlanInput:
             raise ValueError("max_downtime_ms must be >= 0 and page_size_bytes > 0")
         if not 0.0 <= self.zero_page_fraction < 1.0:
             raise ValueError("zero_page_fraction must be in [0, 1)")
+        if self.rate_margin < 0 or self.dirty_scale <= 0:
+            raise ValueError("rate_margin must be >= 0 and dirty_scale > 0")
         if self.timeout_action not in (None, *TIMEOUT_ACTIONS):
             raise ValueError(f"timeout_action must be one of {TIMEOUT_ACTIONS} or None")
 
@@ -160,28 +172,66 @@ class Plan:
         }
 
 
+@functools.lru_cache(maxsize=256)
+def fit_dirty_curve(curve: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    """Points (window_s, unique MiB dirtied) of the curve that best explains the readings.
+
+    Unique dirty memory D(w) = rate(w) * w can only grow with the window, and grows ever
+    more slowly as more of the working set is already dirty: it is non-decreasing and
+    concave.  Page sampling reads a few hundred pages, so single readings are noisy
+    (a short window can miss a burst, or catch one and read above the working set).
+    The fit averages repeated windows, pools neighbours that break monotonicity
+    (weighted isotonic regression, pool-adjacent-violators), then takes the least
+    concave majorant through the origin, which never under-states what was measured.
+    """
+    by_window: dict[float, list[float]] = {}
+    for w, r in curve:
+        by_window.setdefault(w, []).append(r * w)
+    # Blocks of (windows, sum of D, readings); pool while a block is below its predecessor.
+    blocks: list[tuple[list[float], float, int]] = []
+    for w in sorted(by_window):
+        blocks.append(([w], sum(by_window[w]), len(by_window[w])))
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+            ws1, s1, n1 = blocks.pop()
+            ws0, s0, n0 = blocks.pop()
+            blocks.append((ws0 + ws1, s0 + s1, n0 + n1))
+    levels = [(w, total / n) for ws, total, n in blocks for w in ws]
+    hull: list[tuple[float, float]] = [(0.0, 0.0)]
+    for x, y in levels:
+        # Pop the last hull point while it lies on or below the chord to (x, y).
+        while len(hull) > 1:
+            (x0, y0), (x1, y1) = hull[-2], hull[-1]
+            if (y1 - y0) * (x - x0) <= (y - y0) * (x1 - x0):
+                hull.pop()
+            else:
+                break
+        hull.append((x, y))
+    return tuple(hull)
+
+
 def dirtied_mib(inp: PlanInput, duration_s: float, throttle_pct: float = 0.0) -> float:
     """Unique MiB the guest dirties in ``duration_s`` of wall time, clamped to RAM.
 
     A throttled guest runs only (1 - p) of the wall time, so it gets D((1-p)t): with a
-    single rate that is exactly rate*(1-p)*t.  The curve is turned into points
-    D(w) = rate(w)*w, interpolated linearly; beyond the longest window it keeps the
-    slope of the last segment (new pages only), before the first it is linear.
+    single rate that is exactly rate*(1-p)*t.  With a curve, D follows the fitted points
+    (``fit_dirty_curve``) linearly; beyond the longest window it keeps the slope of the
+    last segment (new pages only).  ``dirty_scale`` multiplies the result.
     """
     t = duration_s * (1.0 - throttle_pct / 100.0)
     if t <= 0:
         return 0.0
+    return min(inp.memory_mib, inp.dirty_scale * _unique_dirty(inp, t))
+
+
+def _unique_dirty(inp: PlanInput, t: float) -> float:
     if not inp.dirty_rate_curve:
-        return min(inp.memory_mib, inp.dirty_rate_mib_s * t)
-    points = [(0.0, 0.0)]
-    for w, r in sorted(inp.dirty_rate_curve):
-        # Unique-dirty bytes can never shrink with a longer window (noisy samples can).
-        points.append((w, max(points[-1][1], r * w)))
+        return inp.dirty_rate_mib_s * t
+    points = fit_dirty_curve(inp.dirty_rate_curve)
     for (w0, d0), (w1, d1) in itertools.pairwise(points):
         if t <= w1:
-            return min(inp.memory_mib, d0 + (d1 - d0) * (t - w0) / (w1 - w0))
+            return d0 + (d1 - d0) * (t - w0) / (w1 - w0)
     (w0, d0), (w1, d1) = points[-2], points[-1]
-    return min(inp.memory_mib, d1 + (d1 - d0) / (w1 - w0) * (t - w1))
+    return d1 + (d1 - d0) / (w1 - w0) * (t - w1)
 
 
 def _page_round(mib: float, page_size_bytes: int) -> float:
@@ -397,6 +447,30 @@ def _simulate(inp: PlanInput) -> Plan:
         to_send = pending
 
 
+def evaluate(inp: PlanInput) -> Plan:
+    """The model's outcome, checked against a guest that dirties ``rate_margin`` more.
+
+    A migration that converges at the measured rate but not with the margin is fragile:
+    one burst above the average keeps every pass as large as the last.  It is reported
+    as not converging, with the pessimistic plan's figures and the nominal outcome in
+    the reason, so recommendations must make it converge with the margin too.
+    """
+    nominal = _simulate(inp)
+    if nominal.verdict is Verdict.WILL_NOT_CONVERGE or inp.rate_margin <= 0:
+        return nominal
+    pessimistic = _simulate(replace(inp, dirty_scale=inp.dirty_scale * (1.0 + inp.rate_margin)))
+    if pessimistic.verdict is not Verdict.WILL_NOT_CONVERGE:
+        return nominal
+    return replace(
+        pessimistic,
+        reason=(
+            f"Too close to call: at the measured dirty rate pre-copy would just converge "
+            f"({nominal.iterations} passes, {nominal.total_time_s:.1f} s), but with "
+            f"{inp.rate_margin:.0%} more dirtying it does not. {pessimistic.reason}"
+        ),
+    )
+
+
 def _nice_up(x: float) -> float:
     """Round up to two significant digits (1234 -> 1300) so values read well in a UI."""
     if x <= 0:
@@ -418,7 +492,7 @@ def _smallest(better: Any, lo: float, hi: float, rel: float = 1e-3) -> float | N
 
 def recommend(inp: PlanInput) -> list[Recommendation]:
     """Parameter changes that improve the verdict, each re-verified with the model."""
-    base = _simulate(inp)
+    base = evaluate(inp)
     if base.verdict is Verdict.CONVERGES:
         return []
     wire = _wire_bandwidth(inp)
@@ -433,7 +507,7 @@ def recommend(inp: PlanInput) -> list[Recommendation]:
     )
 
     def improves(**changes: Any) -> Plan | None:
-        p = _simulate(replace(inp, **changes))
+        p = evaluate(replace(inp, **changes))
         better = _RANK[p.verdict] > _RANK[base.verdict] and p.downtime_ms <= pause_limit_ms
         return p if better else None
 
@@ -548,7 +622,7 @@ def recommend(inp: PlanInput) -> list[Recommendation]:
 
 def plan(inp: PlanInput) -> Plan:
     """Predict the migration; recommendations are filled unless it plainly converges."""
-    result = _simulate(inp)
+    result = evaluate(inp)
     if result.verdict is Verdict.CONVERGES:
         return result
     return replace(result, recommendations=tuple(recommend(inp)))

@@ -114,10 +114,9 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
             "reason": "Measure the VM's dirty page rate first (VM page → Dirty page rate) to get a prediction.",
         }
     dirty = statistics.mean(m.dirty_rate_mib_s for m in series)
-    by_window: dict[int, list[float]] = {}
-    for m in series:
-        by_window.setdefault(m.window_s, []).append(m.dirty_rate_mib_s)
-    curve = sorted((w, statistics.mean(v)) for w, v in by_window.items()) if len(by_window) > 1 else []
+    # Every reading goes to the planner, which averages repeated windows and fits the curve.
+    readings = [(m.window_s, m.dirty_rate_mib_s) for m in series]
+    curve = readings if len({w for w, _r in readings}) > 1 else []
     cap = int(parameters.get("bandwidth_mib_s") or 0)
     learned = learned_throughput_mib_s(vm.host.name, destination.name)
     if cap:

@@ -14,6 +14,8 @@ from migrator.planner import (
     PlanInput,
     Verdict,
     dirtied_mib,
+    evaluate,
+    fit_dirty_curve,
     learned_bandwidth,
     plan,
     recommend,
@@ -148,6 +150,50 @@ def test_it_interpolates_the_dirty_rate_curve():
     assert dirtied_mib(replace(inp, memory_mib=512), 20) == pytest.approx(512)
     # one rate only: linear
     assert dirtied_mib(PlanInput(1024, 10, 100), 3) == pytest.approx(30)
+
+
+def _flat(points):
+    return [v for point in points for v in point]
+
+
+def test_the_curve_fit_averages_repeated_windows():
+    # D(1) = mean(30, 34) = 32, D(2) = mean(2*20, 2*24) = 44, D(4) = 4*11 = 44
+    fit = fit_dirty_curve(((1, 30), (2, 20), (4, 11), (1, 34), (2, 24)))
+    assert _flat(fit) == pytest.approx(_flat([(0, 0), (1, 32), (2, 44), (4, 44)]))
+
+
+def test_the_curve_fit_pools_readings_that_shrink_with_the_window():
+    # D = 34, 32, 16: unique dirty memory cannot shrink, so all three pool to their
+    # mean, 82 / 3; the flat middle point drops out of the hull.
+    fit = fit_dirty_curve(((1, 34), (2, 16), (4, 4)))
+    assert _flat(fit) == pytest.approx(_flat([(0, 0), (1, 82 / 3), (4, 82 / 3)]))
+
+
+def test_the_curve_fit_bridges_a_short_window_that_missed_a_burst():
+    # D = 0, 24, 24: a concave D runs on the chord from the origin to (2, 24), so
+    # 1 s of guest time dirties 12 MiB, not 0.
+    inp = PlanInput(256, 0, 32, dirty_rate_curve=[(1, 0), (2, 12), (4, 6)])
+    assert _flat(fit_dirty_curve(inp.dirty_rate_curve)) == pytest.approx(_flat([(0, 0), (2, 24), (4, 24)]))
+    assert dirtied_mib(inp, 1) == pytest.approx(12)
+    assert dirtied_mib(inp, 10) == pytest.approx(24)
+
+
+def test_a_migration_that_converges_only_at_the_measured_rate_is_too_close_to_call():
+    # 28 MiB/s against 32 MiB/s: every pass is 7/8 of the last, 56 -> 9.6 MiB in 14 passes.
+    # With the 20 % margin the guest dirties 33.6 MiB/s, faster than the copy: a stall.
+    inp = PlanInput(memory_mib=64, dirty_rate_mib_s=28, bandwidth_mib_s=32)
+    assert evaluate(replace(inp, rate_margin=0)).verdict == Verdict.CONVERGES
+    fragile = plan(inp)
+    assert fragile.verdict == Verdict.WILL_NOT_CONVERGE
+    assert fragile.reason.startswith("Too close to call")
+    assert fragile.downtime_ms is None
+    # every recommendation converges with the margin too
+    assert fragile.recommendations
+    for rec in fragile.recommendations:
+        assert evaluate(replace(inp, **rec.changes)).verdict != Verdict.WILL_NOT_CONVERGE
+    # far from the boundary the margin changes nothing
+    easy = PlanInput(memory_mib=64, dirty_rate_mib_s=8, bandwidth_mib_s=32)
+    assert plan(easy) == plan(replace(easy, rate_margin=0))
 
 
 def test_it_converges_faster_with_a_saturating_curve():
