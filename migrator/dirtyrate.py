@@ -35,9 +35,10 @@ class DirtyRateForm(forms.Form):
     duration_s = forms.IntegerField(
         min_value=1,
         max_value=MAX_DURATION_S,
-        initial=10,
+        initial=24,
         label="Duration (s)",
-        help_text="Keep measuring, window after window, for this long.",
+        help_text="Keep measuring, window after window, for this long. Page sampling reads only a few hundred "
+        "pages, so one reading is rough: three rounds of the curve (about 24 s at a 1 s window) average it out.",
     )
     curve = forms.BooleanField(
         required=False,

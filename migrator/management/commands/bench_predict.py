@@ -11,7 +11,7 @@ import uuid
 from django.core.management.base import BaseCommand
 
 from hosts import inventory
-from migrator.dirtyrate import curve_windows, measure_series
+from migrator.dirtyrate import curve_windows, latest_series, measure_series
 from migrator.prediction import predict_for
 
 from ._lab import bench_user, lab_with_hosts, queue_on_lab, run_here
@@ -30,8 +30,10 @@ class Command(BaseCommand):
         parser.add_argument("--max-downtime", type=int, default=300, help="ms")
         parser.add_argument("--timeout", type=int, default=45, help="abort a run after this many seconds")
         parser.add_argument("--window", type=int, default=1, help="dirty-rate window, s")
+        parser.add_argument("--rounds", type=int, default=3, help="rounds of the 1×/2×/4× window curve")
 
     def handle(self, **o):
+        self.verbosity = o["verbosity"]
         lab, a, b = lab_with_hosts()
         user = bench_user()
         rows = []
@@ -66,8 +68,10 @@ class Command(BaseCommand):
         time.sleep(2)  # let the dirty loop settle
         inventory.refresh_host(a)
         vm = a.vms.get(name=name)
-        # One reading per window of the curve (1×, 2×, 4×), as the VM page measures by default.
-        duration = sum(curve_windows(o["window"]))
+        # Rounds of the curve (1×, 2×, 4× the window), as the VM page measures by default;
+        # a second per round covers libvirt's own overhead.
+        windows = curve_windows(o["window"])
+        duration = o["rounds"] * (sum(windows) + 1)
         measured = measure_series(vm.pk, o["window"], duration, str(uuid.uuid4()), "bench", curve=True)
         migration = queue_on_lab(
             a,
@@ -103,6 +107,13 @@ class Command(BaseCommand):
             "verdict": plan.get("verdict", "no prediction"),
             "outcome": migration.state,
             "bad": (not verdict_right) or (error_pct is not None and error_pct >= BAD_ERROR_PCT),
+            "curve": [(m.window_s, round(m.dirty_rate_mib_s, 1)) for m in latest_series(vm.uuid)],
+            "predicted_passes": plan.get("iterations"),
+            "actual_passes": migration.final_stats.get("memory_iteration"),
+            "actual_setup_ms": migration.final_stats.get("setup_time"),
+            "actual_dirty_rate_mib_s": (migration.final_stats.get("memory_dirty_rate") or 0)
+            * (migration.final_stats.get("memory_page_size") or 4096)
+            / 2**20,
         }
 
     def _print(self, r: dict) -> None:
@@ -115,6 +126,11 @@ class Command(BaseCommand):
             f"{num(r['predicted_downtime_ms'], '7.0f')} {num(r['actual_downtime_ms'], '7.0f')} | "
             f"{r['verdict']:>19} {r['outcome']:>9}{'  BAD' if r['bad'] else ''}"
         )
+        if self.verbosity > 1:
+            self.stdout.write(
+                f"{'':>10} curve={r['curve']} passes {r['predicted_passes']}/{r['actual_passes']} "
+                f"setup_ms={r['actual_setup_ms']} dirty_during={r['actual_dirty_rate_mib_s']:.1f}"
+            )
 
     def _summary(self, rows: list[dict]) -> None:
         errors = [r["error_pct"] for r in rows if r["error_pct"] is not None]
