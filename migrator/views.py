@@ -1,6 +1,7 @@
 import json
 
 from django.contrib import messages
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -67,14 +68,21 @@ def migration_cancel(request, pk: int):
 def vm_dirty_rate(request, pk: int):
     vm = get_object_or_404(VirtualMachine.objects.select_related("host"), pk=pk)
     form = dirtyrate.DirtyRateForm(request.POST)
-    reason = dirtyrate.refusal(vm)
-    if reason:
-        messages.error(request, reason)
-    elif not form.is_valid():
-        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
-    else:
-        window, duration = form.cleaned_data["window_s"], form.cleaned_data["duration_s"]
-        dirtyrate.start_measurement(vm, window, duration, request.user.username, form.cleaned_data["curve"])
-        audit(request, "vm.dirty_rate_measured", vm, window_s=window, duration_s=duration)
-        messages.success(request, f"Measuring {vm.name}'s dirty rate: {window} s windows for {duration} s.")
+    # The wizard's review step posts with fetch() and stays on its page.
+    inline = request.headers.get("Accept") == "application/json"
+    error = dirtyrate.refusal(vm)
+    if not error and not form.is_valid():
+        error = " ".join(e for errors in form.errors.values() for e in errors)
+    if error:
+        if inline:
+            return JsonResponse({"ok": False, "message": error}, status=409)
+        messages.error(request, error)
+        return redirect(vm)
+    window, duration = form.cleaned_data["window_s"], form.cleaned_data["duration_s"]
+    series = dirtyrate.start_measurement(vm, window, duration, request.user.username, form.cleaned_data["curve"])
+    audit(request, "vm.dirty_rate_measured", vm, window_s=window, duration_s=duration)
+    message = f"Measuring {vm.name}'s dirty rate: {window} s windows for {duration} s."
+    if inline:
+        return JsonResponse({"ok": True, "message": message, "series": series})
+    messages.success(request, message)
     return redirect(vm)

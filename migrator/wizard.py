@@ -12,6 +12,7 @@ from hosts.inventory import disk_verdicts
 from hosts.models import Host, VirtualMachine
 from hosts.views import audit, client_address
 
+from .dirtyrate import vm_dirty_rate_context
 from .executor import queue_migration
 from .forms import MigrationForm
 from .models import Migration
@@ -65,6 +66,9 @@ def new_migration(request):
                 "applies": [
                     (change, _post_items(form, change["changes"])) for change in prediction.get("form_changes", [])
                 ],
+                # Measure the dirty rate right here; the page then offers to update the prediction.
+                **vm_dirty_rate_context(request, vm),
+                "dirty_rate_inline": True,
             },
         )
     try:

@@ -1,6 +1,8 @@
 """End to end: a real browser (Debian's headless Chromium through Selenium)
-logs in, runs the wizard on the lab, watches the progress bar reach 100 %
-and the summary appear, against a real Daphne serving HTTP and websockets."""
+logs in, measures a VM's dirty page rate and watches the readings arrive,
+runs the wizard on the lab and reads the prediction, watches the progress bar
+reach 100 % and the summary appear, then compares predicted with actual,
+against a real Daphne serving HTTP and websockets."""
 
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ def browser():
     driver.quit()
 
 
-def test_it_runs_the_wizard_and_shows_live_progress_until_the_summary(lab, lab_hosts, guest, daphne, browser):
+def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphne, browser):
     a, b = lab_hosts
     guest("web-shared")
     inventory.refresh_host(a)
@@ -136,19 +138,41 @@ def test_it_runs_the_wizard_and_shows_live_progress_until_the_summary(lab, lab_h
         bandwidth.clear()
         bandwidth.send_keys("24")  # slow enough to watch the bar move
         browser.find_element(By.CSS_SELECTOR, "button[name=review]").click()
-        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[name=start]"))).click()
+        # Measure on the review step: one round of the 1x/2x/4x curve, readings over the websocket.
+        prediction = wait.until(ec.presence_of_element_located((By.ID, "prediction"))).text
+        assert "Measure the VM's dirty page rate first" in prediction, prediction
+        duration = browser.find_element(By.CSS_SELECTOR, "#dirty-rate-panel [name=duration_s]")
+        duration.clear()
+        duration.send_keys("7")
+        browser.find_element(By.CSS_SELECTOR, "#dirty-rate-panel button[type=submit]").click()
+        WebDriverWait(browser, 60).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dirty-rate-history tr:not(.empty)")) >= 3
+        )
+        assert "MiB/s" in browser.find_element(By.ID, "dirty-rate-latest").text
+        # Predict from those readings, then migrate.
+        wait.until(ec.element_to_be_clickable((By.ID, "update-prediction"))).click()
+        start = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[name=start]")))
+        prediction = browser.find_element(By.ID, "prediction").text
+        assert "Converges" in prediction and "Total time" in prediction, prediction
+        start.click()
         wait.until(ec.presence_of_element_located((By.ID, "progress-memory")))
         WebDriverWait(browser, 120).until(
             lambda d: d.find_element(By.ID, "progress-memory").get_attribute("aria-valuenow") == "100"
         )
         summary = WebDriverWait(browser, 60).until(ec.visibility_of_element_located((By.ID, "summary")))
         assert "Succeeded" in summary.text
+        assert "Predicted:" in summary.text
         time.sleep(1)  # let Bootstrap's width transition finish before the picture
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOTS / "migration.png"))
+        # Compare: the finished migration's page sets predicted against actual.
+        browser.refresh()
+        table = wait.until(ec.visibility_of_element_located((By.ID, "predicted-vs-actual"))).text
+        assert "Total time" in table and "converges" in table, table
     finally:
         stop.set()
         thread.join(30)
     migration = Migration.objects.get(vm_name="web-shared")
     assert migration.state == "succeeded" and migration.samples.exists()
+    assert migration.prediction["available"] and migration.prediction["plan"]["verdict"] == "converges"
     assert lab.where("web-shared") == "B"

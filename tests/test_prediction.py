@@ -1,7 +1,9 @@
+import django_rq
 import pytest
 from django.urls import reverse
 
 from migrator import dirtyrate
+from migrator.jobs import QUEUE
 from migrator.models import DirtyRateMeasurement, Migration, MigrationSample
 from migrator.prediction import learned_throughput_mib_s, learned_zero_page_fraction, predict_for
 
@@ -102,3 +104,23 @@ def test_it_shows_the_latest_rate_and_history_on_the_vm_page(vm, login):
     measure(vm, 12.5)
     page = login("auditor").get(reverse("hosts:vm", args=[vm.pk])).content.decode()
     assert "12.5 MiB/s" in page and "chart-dirty-rate" in page
+
+
+def test_the_wizard_measures_in_the_background_and_answers_in_json(vm, login, django_capture_on_commit_callbacks):
+    client = login("operator")
+    url = reverse("vm_dirty_rate", args=[vm.pk])
+    bad = client.post(url, {"window_s": 5, "duration_s": 2}, HTTP_ACCEPT="application/json")
+    assert bad.status_code == 409 and not bad.json()["ok"]
+    assert "at least one window" in bad.json()["message"]
+    queue = django_rq.get_queue(QUEUE)
+    queue.empty()
+    # django-rq enqueues when the request's transaction commits.
+    with django_capture_on_commit_callbacks(execute=True):
+        started = client.post(url, {"window_s": 1, "duration_s": 5, "curve": "on"}, HTTP_ACCEPT="application/json")
+    assert started.status_code == 200 and started.json()["ok"] and started.json()["series"]
+    assert "1 s windows for 5 s" in started.json()["message"]
+    assert queue.count == 1
+    queue.empty()
+    make_migration(vm_uuid=vm.uuid)
+    busy = client.post(url, {"window_s": 1, "duration_s": 5}, HTTP_ACCEPT="application/json")
+    assert busy.status_code == 409 and "being migrated" in busy.json()["message"]

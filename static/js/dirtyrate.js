@@ -33,6 +33,34 @@ function DirtyRateLive(vmId) {
   JSON.parse(document.getElementById("dirty-rate-data").textContent).forEach(add);
   chart.options.scales.x.title.text = "minutes since first reading";
   chart.update("none");
+  var status = document.getElementById("dirty-rate-status");
+  function say(text, kind) {
+    if (!status) return;
+    status.textContent = text;
+    status.className = "small mt-2 text-" + kind;
+  }
+  // In the migration wizard the form posts in the background, so the review stays on screen.
+  var form = document.getElementById("dirty-rate-form");
+  var measuring = false;
+  if (form && form.dataset.inline) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      fetch(form.action, { method: "POST", body: new FormData(form), headers: { Accept: "application/json" }, credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (answer) {
+          measuring = answer.ok;
+          say(answer.message, answer.ok ? "muted" : "danger");
+        })
+        .catch(function () { say("The measurement could not be started; reload the page and try again.", "danger"); });
+    });
+  }
+  function done(msg) {
+    if (!measuring) return;
+    measuring = false;
+    say("Measured " + msg.count + " reading(s). Update the prediction to use them.", "success");
+    var update = document.getElementById("update-prediction");
+    if (update) update.classList.remove("d-none");
+  }
   var delay = 500;
   function open() {
     var ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/vms/" + vmId + "/dirty-rate/");
@@ -41,6 +69,7 @@ function DirtyRateLive(vmId) {
       var msg = JSON.parse(ev.data);
       if (msg.type === "history") msg.samples.forEach(add);
       if (msg.type === "sample") { add(msg.sample); row(msg.sample); }
+      if (msg.type === "done") done(msg);
       chart.update("none");
     };
     ws.onclose = function (ev) { if (ev.code !== 4403 && ev.code !== 4404) { setTimeout(open, delay); delay = Math.min(delay * 2, 15000); } };
