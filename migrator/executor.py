@@ -279,6 +279,36 @@ class Executor:
         else:
             m.fail(error, vm_location=location, note=" ".join(notes))
 
+    def settle_orphan(self, wait_s: float) -> None:
+        """Settle this record after its worker died: wait for (or abort) the job
+        still running inside the source libvirtd, then record where the VM runs."""
+        m = self.migration
+        m.log("reconcile", f"Worker {m.worker_pid}@{m.worker_host} is gone; asking {m.source_name} for the job.")
+        try:
+            deadline = time.monotonic() + wait_s
+            while gateway.active_job(self.src_uri, m.vm_uuid):
+                if m.state == MigrationState.CANCELLING or time.monotonic() > deadline:
+                    gateway.abort_job(self.src_uri, m.vm_uuid)
+                time.sleep(0.5)
+                m.refresh_from_db()
+        except gateway.GatewayError as error:
+            log.warning("reconcile %s: %s", m.pk, error)
+        on_source = self._safe(partial(gateway.vm_state, self.src_uri, m.vm_uuid))
+        on_dest = self._safe(partial(gateway.vm_state, self.dst_uri, m.vm_uuid))
+        if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
+            stats = self._safe(partial(gateway.completed_job_stats, self.dst_uri, m.vm_uuid)) or {}
+            m.finish(
+                stats,
+                note="The worker died, but the migration completed inside libvirt; "
+                f"the VM runs on {m.destination_name}.",
+            )
+        else:
+            error = gateway.GatewayError("The worker running this migration died; the migration did not complete.")
+            self._settle_failure(error, cancelled=m.state == MigrationState.CANCELLING)
+        m.refresh_from_db()
+        live.publish_state(m)
+        self._refresh_inventory()
+
     def _safe(self, fn):
         try:
             return fn()
@@ -325,31 +355,6 @@ def reconcile(wait_s: float = 600) -> list[Migration]:
     for m in Migration.objects.filter(state__in=[MigrationState.RUNNING, MigrationState.CANCELLING]):
         if _worker_alive(m):
             continue
-        m.log("reconcile", f"Worker {m.worker_pid}@{m.worker_host} is gone; asking {m.source_name} for the job.")
-        executor = Executor(m)
-        try:
-            deadline = time.monotonic() + wait_s
-            while gateway.active_job(executor.src_uri, m.vm_uuid):
-                if m.state == MigrationState.CANCELLING or time.monotonic() > deadline:
-                    gateway.abort_job(executor.src_uri, m.vm_uuid)
-                time.sleep(0.5)
-                m.refresh_from_db()
-        except gateway.GatewayError as error:
-            log.warning("reconcile %s: %s", m.pk, error)
-        on_source = executor._safe(partial(gateway.vm_state, executor.src_uri, m.vm_uuid))
-        on_dest = executor._safe(partial(gateway.vm_state, executor.dst_uri, m.vm_uuid))
-        if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
-            stats = executor._safe(partial(gateway.completed_job_stats, executor.dst_uri, m.vm_uuid)) or {}
-            m.finish(
-                stats,
-                note="The worker died, but the migration completed inside libvirt; "
-                f"the VM runs on {m.destination_name}.",
-            )
-        else:
-            error = gateway.GatewayError("The worker running this migration died; the migration did not complete.")
-            executor._settle_failure(error, cancelled=m.state == MigrationState.CANCELLING)
-        m.refresh_from_db()
-        live.publish_state(m)
-        executor._refresh_inventory()
+        Executor(m).settle_orphan(wait_s)
         settled.append(m)
     return settled
