@@ -5,7 +5,12 @@ from django.urls import reverse
 from migrator import dirtyrate
 from migrator.jobs import QUEUE
 from migrator.models import DirtyRateMeasurement, Migration, MigrationSample
-from migrator.prediction import learned_throughput_mib_s, learned_zero_page_fraction, predict_for
+from migrator.prediction import (
+    learned_switchover_ms,
+    learned_throughput_mib_s,
+    learned_zero_page_fraction,
+    predict_for,
+)
 
 from .test_migration_model import make_migration
 
@@ -82,6 +87,20 @@ def test_it_learns_the_link_and_the_zero_pages_from_finished_migrations(vm, test
     capped.claim(1, "h")
     capped.finish({"time_elapsed": 1000, "data_processed": 2**23})
     assert learned_throughput_mib_s(test_host.name, "c") is None, "a capped migration says nothing of the link"
+
+
+def test_it_learns_the_switch_over_cost_from_the_shortest_recent_pause(vm, test_host):
+    assert learned_switchover_ms(test_host.name, "b") is None
+    # An uncapped migration pauses while it copies up to bandwidth x downtime-limit;
+    # a capped one switches over with a few MiB: the fixed cost is at most the shorter pause.
+    for downtime, parameters in ((180, {}), (16, {"bandwidth_mib_s": 32}), (25, {"timeout_s": 60})):
+        m = make_migration(
+            vm_uuid=f"vm-{downtime}", source_name=test_host.name, destination_name="b", parameters=parameters
+        )
+        m.claim(1, "h")
+        m.finish({"time_elapsed": 1000, "downtime": downtime})
+    assert learned_switchover_ms(test_host.name, "b") == 16
+    assert learned_switchover_ms("b", test_host.name) is None, "per direction"
 
 
 def test_it_refuses_to_measure_while_the_vm_migrates(vm, login):
