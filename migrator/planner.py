@@ -7,8 +7,10 @@ gets back a predicted outcome plus verified parameter changes that would help.
 The model follows QEMU's own loop (migration/migration.c, migration/ram.c):
 pass 1 sends all of RAM, every later pass resends what the guest dirtied during
 the previous one, and QEMU switches over once the pending data fits into
-bandwidth x downtime-limit.  Sizes are MiB, rates MiB/s, times s unless the
-name says ``_ms``.
+bandwidth x downtime-limit.  The dirty rate enters as a curve of unique MiB
+dirtied against time, fitted to every page-sampling reading (``fit_dirty_curve``),
+and a plan must also converge with ``rate_margin`` more dirtying (``evaluate``).
+Sizes are MiB, rates MiB/s, times s unless the name says ``_ms``.
 """
 
 from __future__ import annotations
