@@ -52,6 +52,25 @@ class AppendOnlyQuerySet(models.QuerySet):
         raise AppendOnlyError(f"{self.model._meta.verbose_name_plural} are never deleted.")
 
 
+class AppendOnlyModel(models.Model):
+    """Rows are inserted once and never rewritten or deleted through the ORM."""
+
+    changed_message = "{plural} are never changed."
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        plural = str(self._meta.verbose_name_plural).capitalize()
+        if not self._state.adding:
+            raise AppendOnlyError(self.changed_message.format(plural=plural))
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any):
+        raise AppendOnlyError(f"{str(self._meta.verbose_name_plural).capitalize()} are never deleted.")
+
+
 class MigrationQuerySet(AppendOnlyQuerySet):
     def active(self) -> MigrationQuerySet:
         return self.filter(state__in=ACTIVE_STATES)
@@ -63,7 +82,7 @@ class MigrationQuerySet(AppendOnlyQuerySet):
         return self.filter(vm_uuid=uuid)
 
 
-class Migration(models.Model):
+class Migration(AppendOnlyModel):
     state = models.CharField(max_length=16, choices=MigrationState.choices, default=MigrationState.QUEUED)
 
     # What and where, as foreign keys plus a snapshot that survives deletions.
@@ -119,6 +138,10 @@ class Migration(models.Model):
     vm_location = models.CharField(max_length=100, blank=True, help_text="Where the VM runs after the migration.")
 
     objects = MigrationQuerySet.as_manager()
+    # After the insert a row changes only through the conditional updates of its
+    # transitions: a whole-row save could undo a racing transition and would let
+    # the history be rewritten.
+    changed_message = "A migration record changes only through its state transitions."
 
     class Meta:
         ordering = ["-created_at"]
@@ -136,18 +159,6 @@ class Migration(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("migrator:detail", args=[self.pk])
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        # After the insert a row changes only through the conditional updates
-        # of its transitions: a whole-row save could undo a racing transition
-        # and would let the history be rewritten.
-        if not self._state.adding:
-            raise AppendOnlyError("A migration record changes only through its state transitions.")
-        kwargs["force_insert"] = True
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any):
-        raise AppendOnlyError("Migration records are never deleted.")
 
     @property
     def badge(self) -> str:
@@ -373,7 +384,7 @@ class MigrationSample(models.Model):
         }
 
 
-class AuditEvent(models.Model):
+class AuditEvent(AppendOnlyModel):
     """Append-only log of who did what. Each row's hash covers its content and
     the previous row's hash, so an edit made directly in the database breaks
     the chain at that row (`python manage.py verify_audit`)."""
@@ -396,15 +407,6 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-at", "-pk"]
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self._state.adding:
-            raise AppendOnlyError("Audit events are never changed.")
-        kwargs["force_insert"] = True
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any):
-        raise AppendOnlyError("Audit events are never deleted.")
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_username or '-'} {self.action} {self.object_repr}"
