@@ -866,6 +866,7 @@ class MigrationRun:
         *,
         on_sample: Callable[[dict[str, Any]], None] | None = None,
         should_abort: Callable[[], bool] | None = None,
+        on_monitor_end: Callable[[], None] | None = None,
         sample_interval_s: float = 0.5,
     ) -> None:
         self.source_uri = source_uri
@@ -873,6 +874,9 @@ class MigrationRun:
         self.spec = spec
         self.on_sample = on_sample or (lambda stats: None)
         self.should_abort = should_abort or (lambda: False)
+        # Called in the monitor thread as it ends, to release what the callbacks
+        # held there (a database connection, say).
+        self.on_monitor_end = on_monitor_end or (lambda: None)
         self.sample_interval_s = sample_interval_s
         self.applied: dict[str, Any] = {}
         self.timeout_action_taken = ""
@@ -960,6 +964,12 @@ class MigrationRun:
                 dom.pinEmulator(tuple([True] * ncpus), libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     def _monitor(self) -> None:
+        try:
+            self._watch()
+        finally:
+            self.on_monitor_end()
+
+    def _watch(self) -> None:
         try:
             watcher = open_connection(self.source_uri)
         except GatewayError as exc:

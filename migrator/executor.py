@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import connection, transaction
 
 from hosts import gateway, inventory
 from hosts.models import Host, VirtualMachine
@@ -158,14 +158,12 @@ class Executor:
             spec,
             on_sample=self._on_sample,
             should_abort=self._cancel_requested,
+            # The monitor thread's samples and cancel checks open its own database connection.
+            on_monitor_end=connection.close,
             sample_interval_s=settings.MIGRATION_SAMPLE_INTERVAL_S,
         )
         m.log("migrating", f"migrateToURI3 to {spec.dconnuri} (flags {spec.flags()}).")
-        try:
-            outcome = run.run()
-        finally:
-            # The monitor thread used its own database connection.
-            close_old_connections()
+        outcome = run.run()
         Migration.objects.filter(pk=m.pk).update(
             applied_parameters={
                 **outcome.applied,

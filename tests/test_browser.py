@@ -6,10 +6,6 @@ against a real Daphne serving HTTP and websockets."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,97 +13,25 @@ from pathlib import Path
 import django_rq
 import pytest
 from django.conf import settings
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from hosts import gateway, inventory
+from hosts import inventory
 from migrator.jobs import QUEUE
 from migrator.models import Migration
 
-from .conftest import make_user
+from .browser_fixtures import browser_login
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
-PASSWORD = "browser-pass-123"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or ""
-    return f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
-@pytest.fixture
-def daphne(transactional_db):
-    port = _free_port()
-    log = open(Path(settings.BASE_DIR) / "var" / "test-daphne.log", "w")  # noqa: SIM115
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "CHANNELS_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
-        "DEBUG": "False",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "migrator.asgi:application"],
-        cwd=settings.BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    assert gateway.wait_for(up, 30), "Daphne did not start (var/test-daphne.log)"
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1400",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphne, browser):
     a, b = lab_hosts
     guest("web-shared")
     inventory.refresh_host(a)
-    operator = make_user("web-operator", "operators")
-    hasher = PBKDF2PasswordHasher()  # the Daphne process's hasher, not the tests' fast one
-    operator.password = hasher.encode(PASSWORD, hasher.salt())
-    operator.save()
     queue = django_rq.get_queue(QUEUE)
     queue.empty()
     stop = threading.Event()
@@ -127,10 +51,7 @@ def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphn
     thread.start()
     wait = WebDriverWait(browser, 60)
     try:
-        browser.get(daphne + "/login/")
-        browser.find_element(By.NAME, "username").send_keys("web-operator")
-        browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        browser_login(browser, daphne, "web-operator", "operators")
         wait.until(ec.presence_of_element_located((By.LINK_TEXT, "Migrate a VM"))).click()
         wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "web-shared"))).click()
         wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Choose lab-b"))).click()
