@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connections, transaction
 
 from hosts import gateway, inventory
 from hosts.models import Host, VirtualMachine
@@ -159,7 +159,7 @@ class Executor:
             on_sample=self._on_sample,
             should_abort=self._cancel_requested,
             # The monitor thread's samples and cancel checks open its own database connection.
-            on_monitor_end=connection.close,
+            on_monitor_end=connections.close_all,
             sample_interval_s=settings.MIGRATION_SAMPLE_INTERVAL_S,
         )
         m.log("migrating", f"migrateToURI3 to {spec.dconnuri} (flags {spec.flags()}).")
