@@ -65,10 +65,11 @@ def learned_switchover_ms(source_name: str, destination_name: str) -> float | No
     return float(min(downtimes)) if downtimes else None
 
 
-def learned_zero_page_fraction(vm_uuid: str) -> float:
+def learned_zero_page_fraction(vm_uuid: str) -> float | None:
     """Share of the VM's memory that its last migration found to be zero
-    pages. QEMU sends those as a few header bytes, so a mostly idle guest's
-    first pass is far shorter than its memory size suggests."""
+    pages, or None when no migration of it measured them. QEMU sends zero
+    pages as a few header bytes, so a mostly idle guest's first pass is far
+    shorter than its memory size suggests."""
     for stats in (
         Migration.objects.filter(vm_uuid=vm_uuid, state=MigrationState.SUCCEEDED)
         .order_by("-finished_at")
@@ -78,7 +79,7 @@ def learned_zero_page_fraction(vm_uuid: str) -> float:
         if total and zero_pages is not None:
             page = stats.get("memory_page_size") or 4096
             return min(MAX_ZERO_PAGE_FRACTION, max(0.0, zero_pages * page / total))
-    return 0.0
+    return None
 
 
 def plan_input(
@@ -136,7 +137,9 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
             "link: set a bandwidth limit to get a prediction, or migrate once to learn the link.",
             "dirty_rate_mib_s": dirty,
         }
-    zero = learned_zero_page_fraction(vm.uuid)
+    # Unknown before the VM's first migration: assume every page holds data.
+    learned_zero = learned_zero_page_fraction(vm.uuid)
+    zero = learned_zero or 0.0
     inp = plan_input(vm.memory_kib / 1024, dirty, curve, bandwidth, bool(cap), parameters, zero)
     overhead_ms = learned_switchover_ms(vm.host.name, destination.name)
     inp = replace(
@@ -152,6 +155,7 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
         "bandwidth_mib_s": round(bandwidth, 2),
         "bandwidth_source": source,
         "zero_page_fraction": round(zero, 3),
+        "zero_pages_known": learned_zero is not None,
         "plan": result.as_dict(),
         "form_changes": [form_changes(r, result) for r in result.recommendations],
     }

@@ -75,6 +75,7 @@ def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphn
         start = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[name=start]")))
         prediction = browser.find_element(By.ID, "prediction").text
         assert "Converges." in prediction and "total time" in prediction.lower(), prediction
+        assert "has not been migrated before" in prediction, prediction
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOTS / "review.png"))
         start.click()

@@ -52,6 +52,8 @@ def test_it_predicts_from_the_latest_series_and_the_cap(vm, test_host):
     assert prediction["dirty_rate_mib_s"] == pytest.approx(3)
     assert prediction["bandwidth_source"] == "the bandwidth limit"
     assert prediction["plan"]["verdict"] == "converges"
+    # Never migrated: every page counts as data, and the review step says so.
+    assert prediction["zero_page_fraction"] == 0 and not prediction["zero_pages_known"]
 
 
 def test_it_recommends_form_changes_when_the_vm_will_not_converge(vm, test_host):
@@ -81,6 +83,7 @@ def test_it_learns_the_link_and_the_zero_pages_from_finished_migrations(vm, test
     )
     assert learned_throughput_mib_s(test_host.name, "b") == pytest.approx(100)
     assert learned_zero_page_fraction(vm.uuid) == pytest.approx(0.5)
+    assert learned_zero_page_fraction("never-migrated") is None
     capped = make_migration(
         vm_uuid="x", source_name=test_host.name, destination_name="c", parameters={"bandwidth_mib_s": 8}
     )
