@@ -674,6 +674,21 @@ class Lab:
             if dom is not None and dom.isActive():
                 _destroy(dom)
 
+    def remove_guest(self, name: str) -> None:
+        """Destroy and undefine the guest on both hosts (a benchmark's own guests)."""
+        for key in HOSTS:
+            dom = self._lookup(key, name)
+            if dom is None:
+                continue
+            xml = dom.XMLDesc(0)
+            if dom.isActive():
+                _destroy(dom)
+            if dom.isPersistent():
+                dom.undefine()
+            if key == "B":
+                self._remove_local_copies("B", xml)
+        self._specs.pop(name, None)
+
     def where(self, name: str) -> str | None:
         """The host the guest runs on, else the one it is defined on, else None."""
         found = {key: self._lookup(key, name) for key in HOSTS}

@@ -116,6 +116,14 @@ def test_down_leaves_nothing_behind_and_up_comes_back(lab):
     assert all(lab.where(g.name) for g in DEMO_GUESTS)  # definitions survive a down/up
 
 
+def test_a_benchmark_guest_is_defined_and_removed_from_both_hosts(lab):
+    lab.define_guest("scratch-bench", 64, dirty_mb=0)
+    assert lab.where("scratch-bench") == "A"
+    lab.remove_guest("scratch-bench")
+    assert lab.where("scratch-bench") is None
+    lab.remove_guest("scratch-bench")  # removing what is gone is fine
+
+
 def test_dirty_rate_of_hot_and_idle_guests(lab, guest):
     guest("cache-hot")
     guest("idle")

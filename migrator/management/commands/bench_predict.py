@@ -55,7 +55,9 @@ class Command(BaseCommand):
                         rows.append(row)
                         self._print(row)
             finally:
-                lab.stop_guest(name)
+                lab.remove_guest(name)
+        for host in (a, b):
+            inventory.refresh_host(host)
         self._summary(rows)
 
     def _calibrate(self, lab, a, b, user, name) -> None:
