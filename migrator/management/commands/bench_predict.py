@@ -113,9 +113,6 @@ class Command(BaseCommand):
             "predicted_passes": plan.get("iterations"),
             "actual_passes": migration.final_stats.get("memory_iteration"),
             "actual_setup_ms": migration.final_stats.get("setup_time"),
-            "actual_dirty_rate_mib_s": (migration.final_stats.get("memory_dirty_rate") or 0)
-            * (migration.final_stats.get("memory_page_size") or 4096)
-            / 2**20,
         }
 
     def _print(self, r: dict) -> None:
@@ -131,7 +128,7 @@ class Command(BaseCommand):
         if self.verbosity > 1:
             self.stdout.write(
                 f"{'':>10} curve={r['curve']} passes {r['predicted_passes']}/{r['actual_passes']} "
-                f"setup_ms={r['actual_setup_ms']} dirty_during={r['actual_dirty_rate_mib_s']:.1f}"
+                f"setup_ms={r['actual_setup_ms']}"
             )
 
     def _summary(self, rows: list[dict]) -> None:
