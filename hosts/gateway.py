@@ -556,6 +556,8 @@ class PathInfo:
     is_block_device: bool
     pool: str  # the storage pool covering the directory, "" when none
     pool_available_bytes: int | None
+    used_by: tuple[str, ...] = ()  # names of the host's VMs (running or defined) whose disk this is
+    capacity_bytes: int | None = None
 
 
 def _pool_for_dir(conn: libvirt.virConnect, directory: str) -> libvirt.virStoragePool | None:
@@ -566,37 +568,60 @@ def _pool_for_dir(conn: libvirt.virConnect, directory: str) -> libvirt.virStorag
     return None
 
 
+@contextlib.contextmanager
+def _dir_pool(conn: libvirt.virConnect, directory: str) -> Iterator[tuple[libvirt.virStoragePool | None, bool]]:
+    """The pool covering `directory`, else a short-lived transient one (the
+    dashboard has no shell on the host). Yields (None, True) when the
+    directory does not exist there."""
+    pool = _pool_for_dir(conn, directory)
+    if pool is not None:
+        yield pool, False
+        return
+    root = ET.Element("pool", type="dir")
+    ET.SubElement(root, "name").text = f"probe-{os.getpid()}-{threading.get_ident()}"
+    ET.SubElement(ET.SubElement(root, "target"), "path").text = directory
+    try:
+        transient = conn.storagePoolCreateXML(ET.tostring(root, encoding="unicode"), 0)
+    except libvirt.libvirtError:
+        yield None, True
+        return
+    try:
+        yield transient, True
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            transient.destroy()
+
+
+def _disk_users(conn: libvirt.virConnect, path: str) -> tuple[str, ...]:
+    users = []
+    for dom in conn.listAllDomains(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            sources = (s.get("file") or s.get("dev") for s in root.iterfind("devices/disk/source"))
+            if path in sources:
+                users.append(dom.name())
+    return tuple(sorted(users))
+
+
 def path_info(uri: str, path: str) -> PathInfo:
-    """Whether `path` exists on the host, seen through libvirt's storage API
-    (the dashboard has no shell on the host). A directory without a pool is
-    inspected through a short-lived transient pool."""
+    """Whether `path` exists on the host, seen through libvirt's storage API,
+    and which of the host's VMs use it."""
     directory, _, name = path.rpartition("/")
-    with connection(uri) as conn:
-        pool = _pool_for_dir(conn, directory)
-        transient = None
+    with connection(uri) as conn, _dir_pool(conn, directory) as (pool, transient):
         if pool is None:
-            name_tag = f"<name>probe-{os.getpid()}-{threading.get_ident()}</name>"
-            xml = f"<pool type='dir'>{name_tag}<target><path>{directory}</path></target></pool>"
-            try:
-                transient = conn.storagePoolCreateXML(xml, 0)
-            except libvirt.libvirtError:
-                # No such directory on the host: the file cannot exist there.
-                return PathInfo(path, False, False, "", None)
-            pool = transient
+            # No such directory on the host: the file cannot exist there.
+            return PathInfo(path, False, False, "", None)
+        pool.refresh(0)
+        capacity = None
         try:
-            pool.refresh(0)
-            try:
-                vol = pool.storageVolLookupByName(name)
-                vol_type = vol.info()[0]
-                exists, is_block = True, vol_type == libvirt.VIR_STORAGE_VOL_BLOCK
-            except libvirt.libvirtError:
-                exists, is_block = False, False
-            available = int(pool.info()[3])
-            return PathInfo(path, exists, is_block, "" if transient else pool.name(), available)
-        finally:
-            if transient is not None:
-                with contextlib.suppress(libvirt.libvirtError):
-                    transient.destroy()
+            vol = pool.storageVolLookupByName(name)
+            vol_type, capacity, _allocation = vol.info()
+            exists, is_block = True, vol_type == libvirt.VIR_STORAGE_VOL_BLOCK
+        except libvirt.libvirtError:
+            exists, is_block = False, False
+        available = int(pool.info()[3])
+        users = _disk_users(conn, path) if exists else ()
+        return PathInfo(path, exists, is_block, "" if transient else pool.name(), available, users, capacity)
 
 
 def create_volume(uri: str, path: str, fmt: str, capacity_bytes: int) -> None:
@@ -611,22 +636,29 @@ def create_volume(uri: str, path: str, fmt: str, capacity_bytes: int) -> None:
                 f"(virsh pool-define-as images dir --target {directory}; virsh pool-start images).",
                 uri=uri,
             )
-        fmt = fmt or "raw"
-        xml = (
-            f"<volume><name>{name}</name><capacity unit='bytes'>{capacity_bytes}</capacity>"
-            f"<target><format type='{fmt}'/></target></volume>"
-        )
+        root = ET.Element("volume")
+        ET.SubElement(root, "name").text = name
+        ET.SubElement(root, "capacity", unit="bytes").text = str(int(capacity_bytes))
+        ET.SubElement(ET.SubElement(root, "target"), "format", type=fmt or "raw")
         pool.refresh(0)
-        pool.createXML(xml, 0)
+        pool.createXML(ET.tostring(root, encoding="unicode"), 0)
 
 
-def delete_volume(uri: str, path: str) -> None:
-    with connection(uri) as conn:
+def delete_volume(uri: str, path: str) -> bool:
+    """Delete the image at `path`; False when there was none."""
+    directory, _, name = path.rpartition("/")
+    with connection(uri) as conn, _dir_pool(conn, directory) as (pool, _transient):
+        if pool is None:
+            return False
+        pool.refresh(0)
         try:
-            conn.storageVolLookupByPath(path).delete(0)
+            vol = pool.storageVolLookupByName(name)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False
+            raise
+        vol.delete(0)
+        return True
 
 
 def compare_guest_cpu(uri: str, vm: dict[str, Any]) -> tuple[bool, str]:
@@ -808,6 +840,13 @@ class MigrationSpec:
         return params
 
 
+def migrate_flag_names(flags: int) -> list[str]:
+    """'VIR_MIGRATE_LIVE', … for the bits set in `flags`."""
+    names = [n for n in dir(libvirt) if n.startswith("VIR_MIGRATE_") and isinstance(getattr(libvirt, n), int)]
+    single_bits = {getattr(libvirt, n): n for n in names if getattr(libvirt, n) & (getattr(libvirt, n) - 1) == 0}
+    return [name for bit, name in sorted(single_bits.items()) if bit and flags & bit]
+
+
 def parse_cpuset(cpuset: str, ncpus: int) -> tuple[bool, ...]:
     """'0-1,3' → a libvirt CPU map of `ncpus` booleans."""
     chosen: set[int] = set()
@@ -815,11 +854,13 @@ def parse_cpuset(cpuset: str, ncpus: int) -> tuple[bool, ...]:
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            low, high = (int(x) for x in part.split("-", 1))
-            chosen.update(range(low, high + 1))
-        else:
-            chosen.add(int(part))
+        bounds = part.split("-", 1)
+        if not all(b.strip().isdigit() for b in bounds):
+            raise ValueError(f"{part!r} in {cpuset!r} is not a CPU number or a range such as 0-1.")
+        low, high = int(bounds[0]), int(bounds[-1])
+        if low > high:
+            raise ValueError(f"The range {part!r} runs backwards; write it as {high}-{low}.")
+        chosen.update(range(low, high + 1))
     if not chosen or max(chosen) >= ncpus or min(chosen) < 0:
         raise ValueError(f"CPU list {cpuset!r} must name CPUs between 0 and {ncpus - 1}.")
     return tuple(i in chosen for i in range(ncpus))

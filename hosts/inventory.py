@@ -22,7 +22,9 @@ class DiskVerdict:
     target: str
     shared: bool
     migratable: bool  # may be chosen for --copy-storage / migrate_disks
-    reason: str
+    reason: str  # a clause: "<target> cannot be copied: <reason>." / "<target>: <reason>."
+    kind: str = "local"  # local, shared, network, shareable, readonly, block, drive
+    data: bool = True  # a disk or LUN with an image: the kind that could be copied
 
 
 def disk_is_shared(disk: dict, prefixes: list[str]) -> bool:
@@ -33,21 +35,39 @@ def disk_is_shared(disk: dict, prefixes: list[str]) -> bool:
 
 
 def disk_verdicts(disks: list[dict], prefixes: list[str]) -> list[DiskVerdict]:
-    """Per disk: shared or not, and whether it may be copied (R6)."""
-    verdicts = []
-    for disk in disks:
-        shared = disk_is_shared(disk, prefixes)
-        if disk["device"] not in COPYABLE_DEVICES or not disk.get("source"):
-            verdicts.append(DiskVerdict(disk["target"], shared, False, f"{disk['device']} drives are not copied"))
-        elif disk.get("shareable"):
-            verdicts.append(DiskVerdict(disk["target"], shared, False, "shareable disks cannot be migrated (R6)"))
-        elif disk.get("readonly"):
-            verdicts.append(DiskVerdict(disk["target"], shared, False, "read-only disks cannot be migrated (R6)"))
-        elif shared:
-            verdicts.append(DiskVerdict(disk["target"], True, False, "on shared storage: seen by the destination"))
-        else:
-            verdicts.append(DiskVerdict(disk["target"], False, True, "local disk: copied to the destination"))
-    return verdicts
+    """Per disk: shared or not, and whether it may be copied (R6), with the
+    reason in words a refusal can quote."""
+    return [_disk_verdict(disk, prefixes) for disk in disks]
+
+
+def _disk_verdict(disk: dict, prefixes: list[str]) -> DiskVerdict:
+    target, source = disk["target"], disk.get("source") or ""
+    shared = disk_is_shared(disk, prefixes)
+    if disk["device"] not in COPYABLE_DEVICES or not source:
+        return DiskVerdict(target, shared, False, f"{disk['device']} drives are not copied", "drive", data=False)
+    if disk.get("shareable"):
+        reason = (
+            "it is shareable (<shareable/>): other VMs may have it open at the same time, and shareable disks "
+            "are never migrated (R6); it must be reachable from the destination"
+        )
+        return DiskVerdict(target, shared, False, reason, "shareable")
+    if disk.get("readonly"):
+        reason = (
+            f"it is read-only: read-only disks are never migrated (R6); the destination needs its own copy at {source}"
+        )
+        return DiskVerdict(target, shared, False, reason, "readonly")
+    if disk["type"] == "network":
+        return DiskVerdict(target, True, False, "it is network storage, reached by both hosts", "network")
+    if shared:
+        reason = f"it is on shared storage ({source}) and stays where it is: the destination reads it at the same path"
+        return DiskVerdict(target, True, False, reason, "shared")
+    if disk["type"] == "block" or source.startswith("/dev/"):
+        reason = (
+            f"it is a raw block device ({source}); the destination image must be a file (R6). Convert the disk "
+            "to a file image first, or put it on shared storage"
+        )
+        return DiskVerdict(target, False, False, reason, "block")
+    return DiskVerdict(target, False, True, "local disk: copied to the destination", "local")
 
 
 def classify_storage(disks: list[dict], prefixes: list[str]) -> str:

@@ -23,7 +23,8 @@ from hosts import gateway, inventory
 from hosts.models import Host, VirtualMachine
 
 from . import live
-from .models import Migration, MigrationState
+from .models import AuditEvent, Migration, MigrationState, completed_stats, final_sample_stats
+from .parameters import disk_words
 from .prechecks import run_prechecks
 
 log = logging.getLogger(__name__)
@@ -192,23 +193,64 @@ class Executor:
     def _cancel_requested(self) -> bool:
         return Migration.objects.filter(pk=self.migration.pk, state=MigrationState.CANCELLING).exists()
 
+    def _disk_plan(self) -> list[dict[str, Any]]:
+        m = self.migration
+        chosen = set(m.parameters.get("disks") or [])
+        plan = m.parameters.get("disk_plan")
+        if plan is None:  # records queued before the plan was stored
+            plan = [d for d in (m.vm.disks if m.vm else []) if d["target"] in chosen]
+        return [d for d in plan if d["target"] in chosen]
+
     def _create_images(self, destination: Host) -> None:
         m = self.migration
-        if not m.parameters.get("disks") or not m.parameters.get("create_images", True):
+        if not m.parameters.get("create_images", True):
             return
-        chosen = set(m.parameters["disks"])
-        for disk in m.vm.disks:
-            if disk["target"] not in chosen:
-                continue
-            gateway.create_volume(
-                self.dst_uri, disk["source"], disk.get("format") or "raw", int(disk.get("capacity_bytes") or 0)
-            )
-            self.created_images.append(disk["source"])
-            m.log(
-                "image",
-                f"Created {disk['source']} ({disk.get('format')}, {disk.get('capacity_bytes')} bytes) "
-                f"on {destination.name}.",
-            )
+        for disk in self._disk_plan():
+            path = disk["source"]
+            if m.parameters.get("replace_stale_images"):
+                # Re-checked here: a VM defined there since the review keeps its disk.
+                info = gateway.path_info(self.dst_uri, path)
+                if info.exists and not info.used_by and gateway.delete_volume(self.dst_uri, path):
+                    m.log("image", f"Deleted the stale image {path} on {destination.name}, as chosen.")
+                    self._audit("migration.stale_image_removed", host=destination.name, path=path)
+            gateway.create_volume(self.dst_uri, path, disk.get("format") or "raw", int(disk.get("capacity_bytes") or 0))
+            self.created_images.append(path)
+            m.log("image", f"Created {path} ({disk_words(disk)}) on {destination.name}.")
+
+    def _remove_source_images(self) -> list[str]:
+        """After a certain success, delete the source's copies of the copied
+        images. Anything uncertain (the source not answering, the VM still
+        defined there, another VM using the image) keeps the image."""
+        m = self.migration
+        plan = self._disk_plan()
+        if not plan or not m.parameters.get("remove_source_images"):
+            return []
+        try:
+            still_there = gateway.vm_state(self.src_uri, m.vm_uuid)
+        except gateway.GatewayError as error:
+            return [f"The source images were kept: {m.source_name} did not answer ({error.message})."]
+        if still_there is not None:
+            return [f"The source images were kept: the VM is still defined on {m.source_name}."]
+        notes = []
+        for disk in plan:
+            path = disk["source"]
+            try:
+                info = gateway.path_info(self.src_uri, path)
+                if info.used_by:
+                    notes.append(f"Kept {path} on {m.source_name}: it is a disk of {', '.join(info.used_by)} there.")
+                    continue
+                if gateway.delete_volume(self.src_uri, path):
+                    where = f"{m.source_name}; the VM uses its copy on {m.destination_name}"
+                    m.log("cleanup", f"Removed {path} from {where}.")
+                    self._audit("migration.source_image_removed", host=m.source_name, path=path)
+                    notes.append(f"Removed {path} from {m.source_name}.")
+            except gateway.GatewayError as error:
+                notes.append(f"Could not remove {path} from {m.source_name}: {error.message}")
+        return notes
+
+    def _audit(self, action: str, **details: Any) -> None:
+        m = self.migration
+        AuditEvent.record(action, actor=m.started_by, obj=m, details={**details, "via": "worker"})
 
     # ------------------------------------------------------------ outcomes
 
@@ -219,8 +261,10 @@ class Executor:
             stats = gateway.completed_job_stats(self.dst_uri, m.vm_uuid)
         except gateway.GatewayError:
             pass
-        final = {**outcome.stats, **stats} if stats else outcome.stats
-        final.pop("type", None)
+        final = completed_stats(outcome.stats, stats)
+        # The last reading can predate the end by a whole sampling interval
+        # (a sub-second migration has one or two): the chart ends on the truth.
+        self._on_sample(final_sample_stats(final))
         notes = []
         if outcome.timeout_action_taken == "suspend":
             notes.append("The timeout suspended the VM so the copy could finish; the downtime includes that pause.")
@@ -237,6 +281,8 @@ class Executor:
                 notes.append(f"Could not remove the emulator pin on the destination: {error.message}")
         state = self._safe(lambda: gateway.vm_state(self.dst_uri, m.vm_uuid))
         notes.append(f"The VM is {state or 'not found'} on {m.destination_name}.")
+        if state in gateway.RUNNING_STATES:
+            notes.extend(self._remove_source_images())
         m.finish(final, note=" ".join(notes))
 
     def _settle_failure(self, error, *, cancelled: bool = False, note: str = "") -> None:

@@ -26,15 +26,32 @@ COMPRESSION_LABELS = {
     "zlib": "zlib (multifd; needs parallel connections)",
     "zstd": "zstd (multifd; needs parallel connections)",
 }
-LEVEL_RANGES = {"mt": (0, 9), "zlib": (1, 9), "zstd": (1, 20)}
+LEVEL_RANGES = {"mt": (0, 9), "zlib": (0, 9), "zstd": (0, 20)}
 DEFAULT_MAX_DOWNTIME_MS = 500
+DEFAULT_COMPRESSION_LEVEL = 1
+
+
+class DiskCheckboxes(forms.CheckboxSelectMultiple):
+    """Every data disk is listed; those that cannot be copied are greyed out
+    (the form still explains a refusal when a script submits one)."""
+
+    def __init__(self, *args, **kwargs):
+        self.disabled_values: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        if value in self.disabled_values:
+            option["attrs"]["disabled"] = True
+        return option
 
 
 class MigrationForm(forms.Form):
     destination = forms.ModelChoiceField(queryset=Host.objects.none(), empty_label=None)
     disks = forms.MultipleChoiceField(
         required=False,
-        widget=forms.CheckboxSelectMultiple,
+        widget=DiskCheckboxes,
+        label="Disks to copy",
         help_text="Local disks to copy (--copy-storage-all --migrate-disks). Shared, shareable and read-only "
         "disks cannot be chosen.",
     )
@@ -43,6 +60,20 @@ class MigrationForm(forms.Form):
         initial=True,
         label="Create destination images",
         help_text="Create each image on the destination with the same format, size and path before copying.",
+    )
+    replace_stale_images = forms.BooleanField(
+        required=False,
+        label="Replace stale images on the destination",
+        help_text="An image already at the same path on the destination that no VM there uses (left by an "
+        "earlier migration or by hand) is deleted and created afresh. Images a VM uses are never touched.",
+    )
+    remove_source_images = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Remove the copied images from the source afterwards",
+        help_text="Once libvirt reports the migration complete and the VM runs on the destination, the source's "
+        "copies of the copied images are deleted, so the source is really freed and the VM can come back. "
+        "Nothing is removed when the outcome is not certain.",
     )
     max_downtime_ms = forms.IntegerField(
         min_value=1,
@@ -64,7 +95,12 @@ class MigrationForm(forms.Form):
     )
     timeout_s = forms.IntegerField(
         min_value=1,
+        max_value=86400,
         required=False,
+        error_messages={
+            "min_value": "The timeout is at least 1 s; leave it empty for no timeout.",
+            "max_value": "The timeout is at most 86400 s (a day); leave it empty for no timeout.",
+        },
         label="Timeout (s)",
         help_text="After this many seconds of pre-copy, take the action below. Empty = no timeout.",
     )
@@ -74,7 +110,8 @@ class MigrationForm(forms.Form):
         help_text="Only the methods this host's libvirt and QEMU support are offered.",
     )
     compression_level = forms.IntegerField(
-        required=False, initial=1, help_text="mt 0–9, zlib 1–9, zstd 1–20 (default 1)."
+        required=False,
+        help_text="mt 0–9, zlib 0–9, zstd 0–20; empty = 1. xbzrle has no level.",
     )
     compression_threads = forms.IntegerField(
         required=False, min_value=1, max_value=255, initial=8, help_text="mt only: compression threads (default 8)."
@@ -123,23 +160,29 @@ class MigrationForm(forms.Form):
         vm: VirtualMachine,
         features: gateway.MigrationFeatures | None = None,
         destination: Host | None = None,
+        run_prechecks: bool = True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.vm = vm
+        self.run_prechecks = run_prechecks
         self.source = vm.host
         self.features = features
         self.report: Report | None = None
         self.fields["destination"].queryset = Host.objects.enabled().exclude(pk=self.source.pk)
         verdicts = disk_verdicts(vm.disks, self.source.prefixes)
         self.disk_verdicts = verdicts
-        self.fields["disks"].choices = [(v.target, v.target) for v in verdicts if v.migratable]
+        disk_field = self.fields["disks"]
+        disk_field.choices = [(v.target, v.target) for v in verdicts if v.data]
+        disk_field.widget.disabled_values = {v.target for v in verdicts if v.data and not v.migratable}
+        targets = ", ".join(v.target for v in verdicts) or "none"
+        disk_field.error_messages["invalid_choice"] = f"{vm.name} has no disk %(value)s (its disks: {targets})."
         if vm.storage_class == StorageClass.NON_SHARED:
-            self.fields["disks"].initial = [v.target for v in verdicts if v.migratable]
+            disk_field.initial = [v.target for v in verdicts if v.migratable]
         # The guide's shared-storage command is `virsh migrate --live --unsafe`: libvirt only
         # recognises NFS, GFS2, OCFS2, CephFS and a few others as shared and refuses the rest.
         self.fields["unsafe"].initial = self.default_unsafe = any(
-            v.shared and not v.migratable and v.reason != "read-only disks cannot be migrated (R6)" for v in verdicts
+            v.shared and not v.migratable and v.kind != "readonly" for v in verdicts
         )
         methods = features.compression_methods if features else []
         self.fields["compression"].choices = [("", "None")] + [(m, COMPRESSION_LABELS.get(m, m)) for m in methods]
@@ -190,6 +233,26 @@ class MigrationForm(forms.Form):
             self.fields["tls"].disabled = True
             self.fields["tls"].help_text = "Not available: " + " ".join(problems)
 
+    @classmethod
+    def default_parameters(cls, vm: VirtualMachine, destination: Host) -> dict[str, Any]:
+        """The plan a user gets by leaving every field as offered: every
+        writable local disk copied into a created image, shared disks left
+        where they are. Whether to replace a stale image is not decided yet:
+        the pre-checks then name it for the next step instead of failing."""
+        form = cls(cls.defaults(vm, destination), vm=vm, destination=destination, run_prechecks=False)
+        form.is_valid()
+        parameters = form.parameters()
+        parameters["replace_stale_images"] = None
+        return parameters
+
+    def clean_disks(self) -> list[str]:
+        chosen = self.cleaned_data.get("disks") or []
+        verdicts = {v.target: v for v in self.disk_verdicts}
+        refused = [verdicts[t] for t in chosen if not verdicts[t].migratable]
+        if refused:
+            raise forms.ValidationError([f"{v.target} cannot be copied: {v.reason}." for v in refused])
+        return chosen
+
     def clean_pin_cpus(self) -> str:
         value = self.cleaned_data.get("pin_cpus", "").strip()
         if not value:
@@ -207,7 +270,7 @@ class MigrationForm(forms.Form):
         if self.errors:
             return cleaned
         destination = cleaned.get("destination")
-        if destination is not None:
+        if destination is not None and self.run_prechecks:
             self.report = run_prechecks(self.vm, self.source, destination, self.parameters())
             for check in self.report.failures:
                 self.add_error(None, f"{check.name}: {check.message}")
@@ -232,16 +295,18 @@ class MigrationForm(forms.Form):
         if method == "xbzrle" and parallel >= 2:
             self.add_error("compression", "xbzrle does not work with parallel connections; choose one of the two.")
         level = cleaned.get("compression_level")
-        if method in LEVEL_RANGES and level is not None:
-            low, high = LEVEL_RANGES[method]
-            if not low <= level <= high:
-                self.add_error("compression_level", f"{method} levels go from {low} to {high}.")
+        if level is not None:
+            if not method:
+                self.add_error("compression_level", "A compression level needs a compression method; choose one.")
+            elif method not in LEVEL_RANGES:
+                self.add_error("compression_level", f"{method} has no compression level; leave it empty.")
+            else:
+                low, high = LEVEL_RANGES[method]
+                if not low <= level <= high:
+                    self.add_error("compression_level", f"{method} levels go from {low} to {high}, not {level}.")
         if cleaned.get("tls") and not self.source.migration_address:
             # Not an error: libvirt falls back to the host name for the TLS name check.
             pass
-        disks = cleaned.get("disks") or []
-        if disks and self.vm.storage_class == StorageClass.SHARED:
-            self.add_error("disks", "This VM is on shared storage; no disk is copied.")
         if cleaned.get("undefine_source") and not cleaned.get("persistent_dest") and self.vm.persistent:
             self.add_error(
                 "persistent_dest",
@@ -253,16 +318,29 @@ class MigrationForm(forms.Form):
         """The requested parameters as stored on the Migration row."""
         data = self.cleaned_data
         method = data.get("compression") or ""
+        disks = list(data.get("disks") or [])
+        level = data.get("compression_level")
         return {
-            "disks": list(data.get("disks") or []),
+            "disks": disks,
+            # What each copied disk was when the operator chose it: the images created and
+            # removed, and the record's plain-words description, come from this.
+            "disk_plan": [
+                {k: d.get(k) for k in ("target", "source", "format", "capacity_bytes")}
+                for d in self.vm.disks
+                if d["target"] in disks
+            ],
             "create_images": bool(data.get("create_images")),
+            "replace_stale_images": bool(data.get("replace_stale_images")),
+            "remove_source_images": bool(data.get("remove_source_images")),
             "max_downtime_ms": data.get("max_downtime_ms"),
             "bandwidth_mib_s": data.get("bandwidth_mib_s") or 0,
             "auto_converge": bool(data.get("auto_converge")),
             "timeout_s": data.get("timeout_s"),
             "timeout_action": data.get("timeout_action") or "",
             "compression": method,
-            "compression_level": data.get("compression_level") if method in LEVEL_RANGES else None,
+            "compression_level": (DEFAULT_COMPRESSION_LEVEL if level is None else level)
+            if method in LEVEL_RANGES
+            else None,
             "compression_threads": data.get("compression_threads") if method == "mt" else None,
             "decompression_threads": data.get("decompression_threads") if method == "mt" else None,
             "parallel_connections": data.get("parallel_connections") or 0,

@@ -13,7 +13,7 @@ from typing import Any
 
 from hosts import gateway
 from hosts.certstore import tls_readiness
-from hosts.inventory import disk_is_shared, disk_verdicts
+from hosts.inventory import disk_verdicts
 from hosts.models import Host, StorageClass, VirtualMachine
 
 from .models import Migration
@@ -278,55 +278,21 @@ def _check_storage(report, vm, source, destination, params) -> None:
         report.add("storage class", PASS, "local disks: they are copied to the destination", "R7")
 
     chosen = {d["target"] for d in chosen_disks(vm, params)}
-    data_disks = [d for d in vm.disks if d["device"] in ("disk", "lun") and d.get("source")]
-    for disk in data_disks:
-        target, path = disk["target"], disk["source"]
-        if disk["type"] == "network":
+    for disk in vm.disks:
+        verdict = verdicts[disk["target"]]
+        if not verdict.data:
+            continue
+        target = disk["target"]
+        if target in chosen and not verdict.migratable:
+            report.add(f"disk {target}", FAIL, f"{target} cannot be copied: {verdict.reason}.", "R6")
+        elif verdict.kind == "network":
             report.add(f"disk {target}", PASS, f"{target} is network storage, reached by both hosts", "R7")
-            continue
-        if disk_is_shared(disk, source.prefixes):
-            if target in chosen:
-                report.add(
-                    f"disk {target}",
-                    FAIL,
-                    f"{target} ({path}) is on shared storage: copying it would write the image onto itself. "
-                    "Leave it unselected.",
-                    "R6",
-                )
-                continue
-            info, error = _read(lambda p=path: gateway.path_info(destination.connect_uri, p))
-            if error or not info.exists:
-                report.add(
-                    f"disk {target}",
-                    FAIL,
-                    f"{path} is not visible on {destination.name}: mount the shared storage there at the "
-                    "same path, or add its path to that host's shared prefixes if it is already there.",
-                    "R7",
-                )
-            else:
-                report.add(f"disk {target}", PASS, f"{path} is visible at the same path on {destination.name}", "R7")
-            continue
-        if target in chosen:
-            verdict = verdicts.get(target)
-            if verdict is not None and not verdict.migratable:
-                report.add(f"disk {target}", FAIL, f"{target} cannot be copied: {verdict.reason}.", "R6")
-                continue
-            if disk["type"] == "block" or path.startswith("/dev/"):
-                report.add(
-                    f"disk {target}",
-                    FAIL,
-                    f"{target} is a raw block device ({path}); the destination image must be a file. "
-                    "Convert the disk to a file image first.",
-                    "R6",
-                )
-                continue
-        _check_local_disk(
-            report,
-            disk,
-            destination,
-            create=target in chosen and params.get("create_images", True),
-            copied=target in chosen,
-        )
+        elif verdict.shared:
+            _check_shared_disk(report, disk, destination)
+        elif target in chosen:
+            _check_copied_disk(report, disk, destination, params)
+        else:
+            _check_kept_disk(report, disk, verdict, destination)
 
     if vm.storage_class == StorageClass.NON_SHARED and params and not chosen:
         report.add(
@@ -339,36 +305,85 @@ def _check_storage(report, vm, source, destination, params) -> None:
         _check_space(report, vm, destination, params)
 
 
-def _check_local_disk(report, disk, destination, *, create: bool, copied: bool) -> None:
+def _check_shared_disk(report, disk, destination) -> None:
+    target, path = disk["target"], disk["source"]
+    info, error = _read(lambda: gateway.path_info(destination.connect_uri, path))
+    if error or not info.exists:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"{path} is not visible on {destination.name}: mount the shared storage there at the "
+            "same path, or add its path to that host's shared prefixes if it is already there.",
+            "R7",
+        )
+    else:
+        report.add(f"disk {target}", PASS, f"{path} is visible at the same path on {destination.name}", "R7")
+
+
+def _inspect(report, disk, destination) -> gateway.PathInfo | None:
+    """The destination's view of the disk's path; None (with a failed check)
+    when it cannot be read or is a block device."""
     target, path = disk["target"], disk["source"]
     info, error = _read(lambda: gateway.path_info(destination.connect_uri, path))
     if error:
         report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R6")
-    elif info.is_block_device:
+        return None
+    if info.is_block_device:
         report.add(
             f"disk {target}",
             FAIL,
             f"{path} is a block device on {destination.name}; the destination image must be a file.",
             "R6",
         )
-    elif copied and create and info.exists:
+        return None
+    return info
+
+
+def _check_copied_disk(report, disk, destination, params) -> None:
+    target, path = disk["target"], disk["source"]
+    info = _inspect(report, disk, destination)
+    if info is None:
+        return
+    fmt = disk.get("format") or "raw"
+    if not params.get("create_images", True):
+        if info.exists:
+            report.add(f"disk {target}", PASS, f"{path} exists on {destination.name} and is copied into", "R6")
+        else:
+            report.add(
+                f"disk {target}",
+                FAIL,
+                f"{path} does not exist on {destination.name} and 'Create destination images' is off; tick it, "
+                f"or create the image there first (qemu-img create -f {fmt} {path} SIZE).",
+                "R6",
+            )
+        return
+    if info.exists and info.used_by:
         report.add(
             f"disk {target}",
             FAIL,
-            f"{path} already exists on {destination.name}; remove it there, or untick 'create destination "
-            "images' to copy into the existing image.",
+            f"{path} already exists on {destination.name} and is a disk of {', '.join(info.used_by)} there; it is "
+            "never replaced. Move that VM's disk, or migrate to another host.",
             "R6",
         )
-    elif (not create or not copied) and not info.exists:
-        what = "it is not copied" if not copied else "'create destination images' is off"
-        report.add(
-            f"disk {target}",
-            FAIL,
-            f"{path} does not exist on {destination.name} and {what}; create it there "
-            f"(qemu-img create -f {disk.get('format') or 'qcow2'} {path} SIZE) or let the dashboard create it.",
-            "R6",
+    elif info.exists:
+        stale = (
+            f"{path} already exists on {destination.name} and no VM there uses it: a stale copy of this disk, "
+            "left by an earlier migration or by hand."
         )
-    elif copied and create and not info.pool:
+        decision = params.get("replace_stale_images")
+        if decision:
+            report.add(f"disk {target}", PASS, f"{stale} It is deleted, created afresh and copied.", "R6")
+        elif decision is None:
+            report.add(f"disk {target}", WARN, f"{stale} The next step asks whether to replace it.", "R6")
+        else:
+            report.add(
+                f"disk {target}",
+                FAIL,
+                f"{stale} Tick 'Replace stale images on the destination' to delete it and copy afresh, or untick "
+                "'Create destination images' to copy into it as it is.",
+                "R6",
+            )
+    elif not info.pool:
         report.add(
             f"disk {target}",
             FAIL,
@@ -377,8 +392,29 @@ def _check_local_disk(report, disk, destination, *, create: bool, copied: bool) 
             "R6",
         )
     else:
-        verb = "will be created and copied" if create and copied else "exists and will be used"
-        report.add(f"disk {target}", PASS, f"{path} {verb} on {destination.name}", "R6")
+        size = f", {disk['capacity_bytes'] // 2**20} MiB" if disk.get("capacity_bytes") else ""
+        report.add(f"disk {target}", PASS, f"{path} ({fmt}{size}) is created and copied on {destination.name}", "R6")
+
+
+def _check_kept_disk(report, disk, verdict, destination) -> None:
+    """A local disk that is not copied: the destination must have its own."""
+    target, path = disk["target"], disk["source"]
+    info = _inspect(report, disk, destination)
+    if info is None:
+        return
+    if info.exists:
+        report.add(f"disk {target}", PASS, f"{path} exists on {destination.name} and is used there as it is", "R6")
+        return
+    if verdict.migratable:
+        fix = "select it under 'Disks to copy'"
+    else:
+        fix = f"{verdict.reason}; create it there (qemu-img create -f {disk.get('format') or 'raw'} {path} SIZE)"
+    report.add(
+        f"disk {target}",
+        FAIL,
+        f"{target} is not copied and {path} does not exist on {destination.name}: {fix}.",
+        "R6",
+    )
 
 
 def _check_space(report, vm, destination, params) -> None:

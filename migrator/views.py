@@ -5,6 +5,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from hosts import gateway
 from hosts.certstore import expiry_warnings
 from hosts.models import Host, VirtualMachine
 from hosts.views import audit
@@ -12,6 +13,7 @@ from hosts.views import audit
 from . import dirtyrate
 from .live import migration_state, publish_state
 from .models import Migration
+from .parameters import describe as describe_parameters
 from .roles import AUDITORS, OPERATORS, has_role, role_required
 
 
@@ -41,7 +43,9 @@ def migration_detail(request, pk: int):
             "samples": [s.as_dict() for s in migration.samples.all()],
             "events": migration.events.all(),
             "precheck": {"checks": migration.precheck_report},
+            "parameter_rows": describe_parameters(migration.parameters),
             "applied_json": json.dumps(migration.applied_parameters, indent=2, sort_keys=True),
+            "applied_flag_names": gateway.migrate_flag_names(int(migration.applied_parameters.get("flags") or 0)),
             "can_cancel": migration.is_active and has_role(request.user, OPERATORS),
         },
     )

@@ -16,6 +16,7 @@ from .dirtyrate import vm_dirty_rate_context
 from .executor import queue_migration
 from .forms import MigrationForm
 from .models import Migration
+from .parameters import describe_disk_plan
 from .prechecks import run_prechecks
 from .prediction import predict_for
 from .roles import OPERATORS, role_required
@@ -129,8 +130,11 @@ def _pick_vm(request):
 def _pick_destination(request, vm: VirtualMachine):
     options = []
     for host in Host.objects.enabled().exclude(pk=vm.host_id):
-        report = run_prechecks(vm, vm.host, host)
-        options.append((host, report))
+        # Judged with the plan the next step offers by default, so a VM with
+        # local disks is not blocked for the disks it would copy.
+        plan = MigrationForm.default_parameters(vm, host)
+        report = run_prechecks(vm, vm.host, host, plan)
+        options.append((host, report, describe_disk_plan(vm, plan)))
     return render(request, "migrator/new_destination.html", {"vm": vm, "options": options})
 
 

@@ -83,3 +83,15 @@ def guest(lab: Lab) -> Iterator[Callable[[str], str]]:
 def lab_hosts(lab: Lab, db) -> list:
     """Hosts lab-a and lab-b registered in the test database, inventory read."""
     return lab.register()
+
+
+@pytest.fixture
+def queue():
+    """The RQ queue migrations go to, emptied; `work(queue)` runs its jobs here."""
+    import django_rq
+
+    from migrator.jobs import QUEUE
+
+    q = django_rq.get_queue(QUEUE)
+    q.empty()
+    return q

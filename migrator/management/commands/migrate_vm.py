@@ -34,8 +34,20 @@ class Command(BaseCommand):
         parser.add_argument("--auto-converge", action="store_true")
         parser.add_argument("--timeout", type=int, help="seconds of pre-copy before --timeout-action")
         parser.add_argument("--timeout-action", choices=["suspend", "postcopy", "abort"], default="suspend")
-        parser.add_argument("--disks", default="", help="comma-separated targets to copy, e.g. vda,vdb")
+        parser.add_argument(
+            "--disks",
+            help="comma-separated targets to copy, e.g. vda,vdb, or 'none' (default: every writable local disk, "
+            "as the wizard offers)",
+        )
         parser.add_argument("--no-create-images", action="store_true", help="copy into existing images")
+        parser.add_argument(
+            "--replace-stale-images",
+            action="store_true",
+            help="delete an image at the same path on the destination that no VM there uses, and copy afresh",
+        )
+        parser.add_argument(
+            "--keep-source-images", action="store_true", help="keep the copied images on the source after success"
+        )
         parser.add_argument("--compression", default="", help="xbzrle, mt, zlib or zstd (what the host supports)")
         parser.add_argument("--compression-level", type=int)
         parser.add_argument("--compression-threads", type=int)
@@ -67,19 +79,24 @@ class Command(BaseCommand):
         vm = source.vms.filter(name=o["vm"]).first() or source.vms.filter(uuid=o["vm"]).first()
         if vm is None:
             raise CommandError(f"No VM named {o['vm']} on {source.name}.")
+        disks = None
+        if o["disks"] is not None:
+            disks = [d.strip() for d in o["disks"].split(",") if d.strip() and d.strip() != "none"]
         data = {
             "destination": destination.pk,
-            "disks": [d for d in o["disks"].split(",") if d],
+            "disks": disks,
             "create_images": not o["no_create_images"],
+            "replace_stale_images": o["replace_stale_images"],
+            "remove_source_images": not o["keep_source_images"],
             "max_downtime_ms": o["max_downtime"],
             "bandwidth_mib_s": o["bandwidth"],
             "auto_converge": o["auto_converge"],
-            "timeout_s": o["timeout"] or "",
-            "timeout_action": o["timeout_action"] if o["timeout"] else "",
+            "timeout_s": "" if o["timeout"] is None else o["timeout"],
+            "timeout_action": o["timeout_action"] if o["timeout"] is not None else "",
             "compression": o["compression"],
             "compression_level": "" if o["compression_level"] is None else o["compression_level"],
-            "compression_threads": o["compression_threads"] or "",
-            "decompression_threads": o["decompression_threads"] or "",
+            "compression_threads": "" if o["compression_threads"] is None else o["compression_threads"],
+            "decompression_threads": "" if o["decompression_threads"] is None else o["decompression_threads"],
             "parallel_connections": o["parallel"],
             "tls": o["tls"],
             "pin_cpus": o["pin"],
@@ -87,6 +104,8 @@ class Command(BaseCommand):
             "undefine_source": not o["keep_source"],
             "unsafe": o["unsafe"],
         }
+        if disks is None:
+            data["disks"] = MigrationForm.defaults(vm, destination).get("disks", [])
         # Unticked checkboxes are absent from a browser's POST; mirror that.
         data = {k: v for k, v in data.items() if v is not False}
         try:
@@ -172,11 +191,31 @@ class Command(BaseCommand):
         return host
 
 
+OPTION_NAMES = {
+    "disks": "--disks",
+    "max_downtime_ms": "--max-downtime",
+    "bandwidth_mib_s": "--bandwidth",
+    "timeout_s": "--timeout",
+    "timeout_action": "--timeout-action",
+    "compression": "--compression",
+    "compression_level": "--compression-level",
+    "compression_threads": "--compression-threads",
+    "decompression_threads": "--decompression-threads",
+    "parallel_connections": "--parallel",
+    "tls": "--tls",
+    "pin_cpus": "--pin",
+    "persistent_dest": "--transient",
+    "destination": "--to",
+}
+
+
 def _first_error(form: MigrationForm) -> str:
+    """Every refusal, each with the option it concerns."""
+    lines = []
     for field, errors in form.errors.items():
-        label = "" if field == "__all__" else f"{field}: "
-        return f"{label}{errors[0]}"
-    return "The parameters are not valid."
+        label = "" if field == "__all__" else f"{OPTION_NAMES.get(field, form.fields[field].label or field)}: "
+        lines.extend(f"{label}{error}" for error in errors)
+    return "\n".join(lines) or "The parameters are not valid."
 
 
 def _reason(m: Migration) -> str:
