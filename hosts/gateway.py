@@ -856,7 +856,8 @@ def parse_cpuset(cpuset: str, ncpus: int) -> tuple[bool, ...]:
             continue
         bounds = part.split("-", 1)
         if not all(b.strip().isdigit() for b in bounds):
-            raise ValueError(f"{part!r} in {cpuset!r} is not a CPU number or a range such as 0-1.")
+            where = f"{part!r}" if part == cpuset.strip() else f"{part!r} in {cpuset!r}"
+            raise ValueError(f"{where} is not a CPU number or a range such as 0-1.")
         low, high = int(bounds[0]), int(bounds[-1])
         if low > high:
             raise ValueError(f"The range {part!r} runs backwards; write it as {high}-{low}.")
