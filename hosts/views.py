@@ -2,8 +2,8 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from migrator.dirtyrate import vm_dirty_rate_context
 from migrator.models import AuditEvent, Migration
+from migrator.planning.dirtyrate import vm_dirty_rate_context
 from migrator.roles import OPERATORS, role_required, superuser_required
 
 from . import gateway, inventory

@@ -10,9 +10,9 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from .dirtyrate import group_name as dirty_rate_group
 from .live import LIST_GROUP, migration_state
 from .models import DirtyRateMeasurement, Migration
+from .planning.dirtyrate import group_name as dirty_rate_group
 from .roles import AUDITORS, OPERATORS, has_role
 
 

@@ -10,10 +10,10 @@ from hosts.certstore import expiry_warnings
 from hosts.models import Host, VirtualMachine
 from hosts.views import audit
 
-from . import dirtyrate
 from .live import migration_state, publish_state
 from .models import Migration
 from .parameters import describe as describe_parameters
+from .planning import dirtyrate
 from .roles import AUDITORS, OPERATORS, has_role, role_required
 
 

@@ -12,13 +12,13 @@ from hosts.inventory import disk_verdicts
 from hosts.models import Host, VirtualMachine
 from hosts.views import audit, client_address
 
-from .dirtyrate import vm_dirty_rate_context
 from .executor import queue_migration
 from .forms import MigrationForm
 from .models import Migration
 from .parameters import describe_disk_plan
+from .planning.dirtyrate import vm_dirty_rate_context
+from .planning.prediction import predict_for
 from .prechecks import run_prechecks
-from .prediction import predict_for
 from .roles import OPERATORS, role_required
 
 

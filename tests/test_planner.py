@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from migrator.planner import (
+from migrator.planning.planner import (
     PlanInput,
     Verdict,
     dirtied_mib,

@@ -2,10 +2,10 @@ import django_rq
 import pytest
 from django.urls import reverse
 
-from migrator import dirtyrate
 from migrator.jobs import QUEUE
 from migrator.models import DirtyRateMeasurement, Migration, MigrationSample
-from migrator.prediction import (
+from migrator.planning import dirtyrate
+from migrator.planning.prediction import (
     learned_switchover_ms,
     learned_throughput_mib_s,
     learned_zero_page_fraction,

@@ -23,7 +23,7 @@ from hosts.certstore import Certificate, HostTLS
 from hosts.models import Host
 from migrator.models import AuditEvent, MigrationState
 from tests import pki
-from tests.test_migration_lab import form_for, migrate, queue, queue_it, report, work  # noqa: F401 - queue is a fixture
+from tests.test_migration_lab import form_for, migrate, queue_it, report, work
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 

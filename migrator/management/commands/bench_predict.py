@@ -11,8 +11,8 @@ import uuid
 from django.core.management.base import BaseCommand
 
 from hosts import inventory
-from migrator.dirtyrate import curve_windows, latest_series, measure_series
-from migrator.prediction import predict_for
+from migrator.planning.dirtyrate import curve_windows, latest_series, measure_series
+from migrator.planning.prediction import predict_for
 
 from ._lab import bench_user, lab_with_hosts, queue_on_lab, run_here
 

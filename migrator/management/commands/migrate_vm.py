@@ -15,7 +15,7 @@ from hosts.models import Host
 from migrator.executor import queue_migration
 from migrator.forms import DEFAULT_MAX_DOWNTIME_MS, MigrationForm
 from migrator.models import AuditEvent, Migration, MigrationState
-from migrator.prediction import predict_for
+from migrator.planning.prediction import predict_for
 from migrator.roles import OPERATORS, has_role
 
 MIB = 1024 * 1024

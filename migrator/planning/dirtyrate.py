@@ -12,9 +12,9 @@ from django import forms
 from hosts import gateway
 from hosts.models import VirtualMachine
 
-from . import live
-from .models import DirtyRateMeasurement, Migration
-from .roles import OPERATORS, has_role
+from .. import live
+from ..models import DirtyRateMeasurement, Migration
+from ..roles import OPERATORS, has_role
 
 MAX_WINDOW_S = 60
 MAX_DURATION_S = 600
@@ -110,7 +110,7 @@ def measure_series(
 def start_measurement(vm: VirtualMachine, window_s: int, duration_s: int, username: str, curve: bool = False) -> str:
     import django_rq
 
-    from .jobs import QUEUE
+    from ..jobs import QUEUE
 
     series = str(uuidlib.uuid4())
     django_rq.get_queue(QUEUE).enqueue(

@@ -12,9 +12,9 @@ from typing import Any
 
 from hosts.models import Host, VirtualMachine
 
+from ..models import Migration, MigrationState
 from . import planner
 from .dirtyrate import latest_series
-from .models import Migration, MigrationState
 
 # The learned link speed needs this many finished uncapped migrations.
 LEARN_MIN_SAMPLES = 1
