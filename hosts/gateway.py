@@ -121,6 +121,19 @@ class GatewayError(Exception):
 
 
 @dataclass(frozen=True)
+class NetworkInfo:
+    """A libvirt network, as far as a guest's NIC depends on it."""
+
+    name: str
+    active: bool
+    forward: str  # nat, route, open, bridge, private, vepa, passthrough, hostdev; "" when isolated
+    bridge: str  # the host bridge its NICs are plugged into; "" for macvtap and hostdev networks
+    devices: list[str] = field(default_factory=list)  # host devices a macvtap network draws from
+    portgroups: list[str] = field(default_factory=list)
+    virtualport: str = ""  # openvswitch, 802.1Qbh, ...; "" for a plain Linux bridge
+
+
+@dataclass(frozen=True)
 class HostInfo:
     hostname: str
     driver: str
@@ -139,9 +152,14 @@ class HostInfo:
     memory_total_kib: int
     memory_free_kib: int
     networks: list[str] = field(default_factory=list)
-    bridges: list[str] = field(default_factory=list)
+    bridges: list[str] = field(default_factory=list)  # Linux bridges
     cpu_xml: str = ""
     kvm: bool | None = None  # hardware virtualisation usable (None: not a QEMU host)
+    network_details: dict[str, NetworkInfo] = field(default_factory=dict)
+    net_devices: list[str] = field(default_factory=list)  # every network device: NICs, bridges, bonds, OVS
+    # False when libvirt could not say: a missing name then proves nothing.
+    net_devices_known: bool = False
+    bridges_known: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,9 +186,13 @@ class DiskInfo:
 @dataclass(frozen=True)
 class InterfaceInfo:
     type: str  # network, bridge, user, direct, ...
-    source: str  # network or bridge name
+    source: str  # network, bridge or host device name
     mac: str
     model: str
+    target: str = ""  # the host-side device while the VM runs (vnet0, macvtap0)
+    portgroup: str = ""
+    virtualport: str = ""  # openvswitch, 802.1Qbh, ...; "" for a plain Linux bridge
+    mode: str = ""  # macvtap mode of a direct NIC: vepa, bridge, private, passthrough
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -331,18 +353,8 @@ def host_info(uri: str) -> HostInfo:
             hv_version = _version_str(conn.getVersion())
         except libvirt.libvirtError:
             hv_version = ""
-        try:
-            networks = sorted(conn.listNetworks() + conn.listDefinedNetworks())
-        except libvirt.libvirtError:
-            networks = []
-        try:
-            bridges = sorted(
-                iface.name()
-                for iface in conn.listAllInterfaces()
-                if ET.fromstring(iface.XMLDesc()).get("type") == "bridge"
-            )
-        except libvirt.libvirtError:
-            bridges = []
+        network_details = _networks(conn)
+        net_devices, bridges, net_devices_known, bridges_known = _net_devices(conn)
         kvm = None
         if conn.getType().upper() == "QEMU":
             try:
@@ -370,11 +382,82 @@ def host_info(uri: str) -> HostInfo:
             logical_cpus=int(info[2]),
             memory_total_kib=total_kib,
             memory_free_kib=free_kib,
-            networks=networks,
+            networks=sorted(network_details),
             bridges=bridges,
             cpu_xml=ET.tostring(cpu, encoding="unicode") if cpu is not None else "",
             kvm=kvm,
+            network_details=network_details,
+            net_devices=net_devices,
+            net_devices_known=net_devices_known,
+            bridges_known=bridges_known,
         )
+
+
+def _network_info(net: libvirt.virNetwork) -> NetworkInfo:
+    root = ET.fromstring(net.XMLDesc(0))
+    forward = root.find("forward")
+    devices = []
+    if forward is not None:
+        devices = [e.get("dev", "") for e in (*forward.findall("pf"), *forward.findall("interface"))]
+        devices = [d for d in dict.fromkeys(devices) if d]
+    bridge = root.find("bridge")
+    virtualport = root.find("virtualport")
+    return NetworkInfo(
+        name=net.name(),
+        active=bool(net.isActive()),
+        forward=forward.get("mode", "nat") if forward is not None else "",
+        bridge=bridge.get("name", "") if bridge is not None else "",
+        devices=devices,
+        portgroups=sorted(p.get("name", "") for p in root.findall("portgroup") if p.get("name")),
+        virtualport=virtualport.get("type", "") if virtualport is not None else "",
+    )
+
+
+def _networks(conn: libvirt.virConnect) -> dict[str, NetworkInfo]:
+    try:
+        nets = conn.listAllNetworks(0)
+    except libvirt.libvirtError:
+        return {}
+    details = {}
+    for net in nets:
+        # A network undefined between the listing and the read is simply gone.
+        with contextlib.suppress(libvirt.libvirtError):
+            details[net.name()] = _network_info(net)
+    return dict(sorted(details.items()))
+
+
+def _net_devices(conn: libvirt.virConnect) -> tuple[list[str], list[str], bool, bool]:
+    """(every network device, the Linux bridges among them, whether devices
+    could be listed, whether bridges could be told apart).
+
+    The interface driver reads the kernel's current devices but needs a
+    backend (udev or netcf); node devices need no backend, but libvirtd
+    learns of devices added later only through udev events, which a daemon
+    in another network namespace never receives. Either one is enough to
+    see that a device exists; only the interface driver tells a bridge."""
+    devices: set[str] = set()
+    bridges: set[str] = set()
+    devices_known = bridges_known = False
+    try:
+        for iface in conn.listAllInterfaces(0):
+            with contextlib.suppress(libvirt.libvirtError, ET.ParseError):
+                name = iface.name()
+                devices.add(name)
+                if ET.fromstring(iface.XMLDesc(0)).get("type") == "bridge":
+                    bridges.add(name)
+        devices_known = bridges_known = True
+    except libvirt.libvirtError:
+        pass
+    try:
+        for dev in conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET):
+            with contextlib.suppress(libvirt.libvirtError, ET.ParseError):
+                name = ET.fromstring(dev.XMLDesc(0)).findtext("capability/interface", "")
+                if name:
+                    devices.add(name)
+        devices_known = True
+    except libvirt.libvirtError:
+        pass
+    return sorted(devices), sorted(bridges), devices_known, bridges_known
 
 
 # --------------------------------------------------------------- VMs
@@ -419,8 +502,11 @@ def parse_domain_xml(xml: str) -> dict[str, Any]:
         source = iface.find("source")
         mac = iface.find("mac")
         model = iface.find("model")
+        target = iface.find("target")
+        virtualport = iface.find("virtualport")
         src = ""
         if source is not None:
+            # A running VM's network NIC also names the network's bridge: the network comes first.
             src = source.get("network") or source.get("bridge") or source.get("dev") or ""
         interfaces.append(
             {
@@ -428,6 +514,10 @@ def parse_domain_xml(xml: str) -> dict[str, Any]:
                 "source": src,
                 "mac": mac.get("address", "") if mac is not None else "",
                 "model": model.get("type", "") if model is not None else "",
+                "target": target.get("dev", "") if target is not None else "",
+                "portgroup": source.get("portgroup", "") if source is not None else "",
+                "virtualport": virtualport.get("type", "") if virtualport is not None else "",
+                "mode": source.get("mode", "") if source is not None and iface.get("type") == "direct" else "",
             }
         )
     os_type = root.find("os/type")
@@ -761,6 +851,9 @@ def dirty_rate(uri: str, uuid: str, window_s: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------- migration
+
+# openEuler's libvirt pins migration threads itself; upstream libvirt lacks the parameter.
+SUPPORTS_MIGRATION_PIN_PARAM = hasattr(libvirt, "VIR_MIGRATE_PARAM_MIGRATION_PIN")
 
 
 @dataclass

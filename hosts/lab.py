@@ -189,6 +189,7 @@ class GuestSpec:
     dirty_mb: int
     dirty_sleep: float = 1
     disks: tuple[DiskSpec, ...] = ()
+    interfaces: tuple[str, ...] = ()  # <interface> elements, as XML
 
 
 DEMO_GUESTS: tuple[GuestSpec, ...] = (
@@ -629,11 +630,13 @@ class Lab:
         dirty_sleep: float = 1,
         disks: Sequence[DiskSpec] = (),
         host: str = "A",
+        interfaces: Sequence[str] = (),
     ) -> GuestSpec:
-        """Define (or redefine) a guest on `host`, creating its disk images."""
+        """Define (or redefine) a guest on `host`, creating its disk images.
+        `interfaces` are <interface> elements as XML; the default is no NIC."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise LabError(f"guest name {name!r}: use letters, digits, '-', '_' and '.'")
-        spec = GuestSpec(name, memory_mib, dirty_mb, dirty_sleep, tuple(disks))
+        spec = GuestSpec(name, memory_mib, dirty_mb, dirty_sleep, tuple(disks), tuple(interfaces))
         self._specs[name] = spec
         self._define(spec, host)
         return spec
@@ -688,6 +691,22 @@ class Lab:
             if key == "B":
                 self._remove_local_copies("B", xml)
         self._specs.pop(name, None)
+
+    # ---------------------------------------------------------- host networking
+
+    def add_bridge(self, host: str, name: str) -> None:
+        """A Linux bridge on one lab host only (for guests whose NIC needs it)."""
+        hd = _hostdef(host)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", name):
+            raise LabError(f"bridge name {name!r}: at most 15 letters, digits, '-', '_' or '.'")
+        if _probe("ip", "-n", hd.netns, "link", "show", "dev", name).returncode != 0:
+            _run(["ip", "-n", hd.netns, "link", "add", name, "type", "bridge"], f"create bridge {name} on {hd.key}")
+        _run(["ip", "-n", hd.netns, "link", "set", name, "up"], f"bring up bridge {name} on {hd.key}")
+
+    def remove_bridge(self, host: str, name: str) -> None:
+        hd = _hostdef(host)
+        if _probe("ip", "-n", hd.netns, "link", "show", "dev", name).returncode == 0:
+            _run(["ip", "-n", hd.netns, "link", "del", name], f"delete bridge {name} on {hd.key}")
 
     def where(self, name: str) -> str | None:
         """The host the guest runs on, else the one it is defined on, else None."""
@@ -1193,7 +1212,7 @@ migrate_tls_x509_verify = 1
         cmdline = f"console=ttyS0 loglevel=4 mitigations=off dirty_mb={spec.dirty_mb} dirty_sleep={spec.dirty_sleep}"
         # A fixed UUID per name: redefining keeps the same domain, and A and B agree on it.
         guest_uuid = uuid.uuid5(GUEST_UUID_NAMESPACE, spec.name)
-        disks_xml = "\n    ".join(disks)
+        disks_xml = "\n    ".join([*disks, *spec.interfaces])
         return f"""<domain type='qemu'>
   <name>{spec.name}</name>
   <uuid>{guest_uuid}</uuid>

@@ -24,7 +24,7 @@ from hosts.models import Host, VirtualMachine
 
 from . import live
 from .models import AuditEvent, Migration, MigrationState, completed_stats, final_sample_stats
-from .parameters import disk_words
+from .parameters import MigrationParameters, disk_words
 from .prechecks import run_prechecks
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def queue_migration(
     *,
     vm: VirtualMachine,
     destination: Host,
-    parameters: dict[str, Any],
+    parameters: MigrationParameters | dict[str, Any],
     report,
     user,
     client_address=None,
@@ -61,7 +61,7 @@ def queue_migration(
             started_by=user if getattr(user, "pk", None) else None,
             started_by_username=getattr(user, "username", "") or "",
             client_address=client_address,
-            parameters=parameters,
+            parameters=MigrationParameters.from_record(parameters).as_record(),
             precheck_report=report.as_list() if report is not None else [],
             prediction=prediction or {},
         )
@@ -71,41 +71,10 @@ def queue_migration(
     return migration
 
 
-def build_spec(migration: Migration, destination: Host) -> gateway.MigrationSpec:
-    p = migration.parameters
-    copy_storage = bool(p.get("disks"))
-    migrate_uri = ""
-    if destination.migration_address:
-        host = destination.migration_address
-        migrate_uri = f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
-    return gateway.MigrationSpec(
-        dconnuri=destination.effective_peer_uri,
-        migrate_uri=migrate_uri,
-        bandwidth_mib_s=int(p.get("bandwidth_mib_s") or 0),
-        max_downtime_ms=p.get("max_downtime_ms"),
-        auto_converge=bool(p.get("auto_converge")),
-        copy_storage=copy_storage,
-        migrate_disks=list(p.get("disks") or []),
-        compression=p.get("compression") or "",
-        compression_level=p.get("compression_level"),
-        compression_threads=p.get("compression_threads"),
-        decompression_threads=p.get("decompression_threads"),
-        parallel_connections=int(p.get("parallel_connections") or 0),
-        tls=bool(p.get("tls")),
-        persistent_dest=bool(p.get("persistent_dest", True)),
-        undefine_source=bool(p.get("undefine_source", True)),
-        unsafe=bool(p.get("unsafe")),
-        pin_cpus=p.get("pin_cpus") or "",
-        pin_with_migration_param=bool(p.get("pin_cpus"))
-        and hasattr(gateway.libvirt, "VIR_MIGRATE_PARAM_MIGRATION_PIN"),
-        timeout_s=p.get("timeout_s"),
-        timeout_action=p.get("timeout_action") or "",
-    )
-
-
 class Executor:
     def __init__(self, migration: Migration) -> None:
         self.migration = migration
+        self.parameters = MigrationParameters.from_record(migration.parameters)
         self.created_images: list[str] = []
         # Connect through the hosts' current URIs (TLS material included);
         # the snapshot URIs serve only when a host was removed.
@@ -138,7 +107,7 @@ class Executor:
                 "The host or VM was removed from the dashboard before the migration started.", vm_location=m.source_name
             )
             return
-        report = run_prechecks(m.vm, source, destination, m.parameters, exclude_migration=m.pk)
+        report = run_prechecks(m.vm, source, destination, self.parameters, exclude_migration=m.pk)
         m.log("prechecks", report.summary())
         if not report.ok:
             Migration.objects.filter(pk=m.pk).update(precheck_report=report.as_list())
@@ -152,7 +121,7 @@ class Executor:
             m.mark_cancelled(vm_location=source.name, note="Cancelled before copying started; the VM was not touched.")
             return
         self._create_images(destination)
-        spec = build_spec(m, destination)
+        spec = self.parameters.to_spec(destination)
         run = gateway.MigrationRun(
             self.src_uri,
             m.vm_uuid,
@@ -194,20 +163,20 @@ class Executor:
         return Migration.objects.filter(pk=self.migration.pk, state=MigrationState.CANCELLING).exists()
 
     def _disk_plan(self) -> list[dict[str, Any]]:
-        m = self.migration
-        chosen = set(m.parameters.get("disks") or [])
-        plan = m.parameters.get("disk_plan")
-        if plan is None:  # records queued before the plan was stored
+        m, p = self.migration, self.parameters
+        chosen = set(p.disks)
+        plan = p.disk_plan
+        if not plan and "disk_plan" not in m.parameters:  # records queued before the plan was stored
             plan = [d for d in (m.vm.disks if m.vm else []) if d["target"] in chosen]
         return [d for d in plan if d["target"] in chosen]
 
     def _create_images(self, destination: Host) -> None:
         m = self.migration
-        if not m.parameters.get("create_images", True):
+        if not self.parameters.create_images:
             return
         for disk in self._disk_plan():
             path = disk["source"]
-            if m.parameters.get("replace_stale_images"):
+            if self.parameters.replace_stale_images:
                 # Re-checked here: a VM defined there since the review keeps its disk.
                 info = gateway.path_info(self.dst_uri, path)
                 if info.exists and not info.used_by and gateway.delete_volume(self.dst_uri, path):
@@ -223,7 +192,7 @@ class Executor:
         defined there, another VM using the image) keeps the image."""
         m = self.migration
         plan = self._disk_plan()
-        if not plan or not m.parameters.get("remove_source_images"):
+        if not plan or not self.parameters.remove_source_images:
             return []
         try:
             still_there = gateway.vm_state(self.src_uri, m.vm_uuid)
@@ -275,7 +244,7 @@ class Executor:
                 run.restore_pin_on(self.dst_uri)
                 notes.append(
                     "Migration threads ran pinned to CPUs "
-                    f"{m.parameters.get('pin_cpus')} (emulator pinning); the pin was removed on the destination."
+                    f"{self.parameters.pin_cpus} (emulator pinning); the pin was removed on the destination."
                 )
             except gateway.GatewayError as error:
                 notes.append(f"Could not remove the emulator pin on the destination: {error.message}")

@@ -12,6 +12,7 @@ from hosts import gateway
 from hosts.inventory import disk_verdicts
 from hosts.models import Host, StorageClass, VirtualMachine
 
+from .parameters import LEVEL_RANGES, MigrationParameters
 from .prechecks import Report, run_prechecks
 
 TIMEOUT_ACTIONS = [
@@ -26,9 +27,7 @@ COMPRESSION_LABELS = {
     "zlib": "zlib (multifd; needs parallel connections)",
     "zstd": "zstd (multifd; needs parallel connections)",
 }
-LEVEL_RANGES = {"mt": (0, 9), "zlib": (0, 9), "zstd": (0, 20)}
 DEFAULT_MAX_DOWNTIME_MS = 500
-DEFAULT_COMPRESSION_LEVEL = 1
 
 
 class DiskCheckboxes(forms.CheckboxSelectMultiple):
@@ -234,16 +233,14 @@ class MigrationForm(forms.Form):
             self.fields["tls"].help_text = "Not available: " + " ".join(problems)
 
     @classmethod
-    def default_parameters(cls, vm: VirtualMachine, destination: Host) -> dict[str, Any]:
+    def default_parameters(cls, vm: VirtualMachine, destination: Host) -> MigrationParameters:
         """The plan a user gets by leaving every field as offered: every
         writable local disk copied into a created image, shared disks left
         where they are. Whether to replace a stale image is not decided yet:
         the pre-checks then name it for the next step instead of failing."""
         form = cls(cls.defaults(vm, destination), vm=vm, destination=destination, run_prechecks=False)
         form.is_valid()
-        parameters = form.parameters()
-        parameters["replace_stale_images"] = None
-        return parameters
+        return form.parameters().replace(replace_stale_images=None)
 
     def clean_disks(self) -> list[str]:
         chosen = self.cleaned_data.get("disks") or []
@@ -314,39 +311,6 @@ class MigrationForm(forms.Form):
                 "defined nowhere; keep one of the two.",
             )
 
-    def parameters(self) -> dict[str, Any]:
-        """The requested parameters as stored on the Migration row."""
-        data = self.cleaned_data
-        method = data.get("compression") or ""
-        disks = list(data.get("disks") or [])
-        level = data.get("compression_level")
-        return {
-            "disks": disks,
-            # What each copied disk was when the operator chose it: the images created and
-            # removed, and the record's plain-words description, come from this.
-            "disk_plan": [
-                {k: d.get(k) for k in ("target", "source", "format", "capacity_bytes")}
-                for d in self.vm.disks
-                if d["target"] in disks
-            ],
-            "create_images": bool(data.get("create_images")),
-            "replace_stale_images": bool(data.get("replace_stale_images")),
-            "remove_source_images": bool(data.get("remove_source_images")),
-            "max_downtime_ms": data.get("max_downtime_ms"),
-            "bandwidth_mib_s": data.get("bandwidth_mib_s") or 0,
-            "auto_converge": bool(data.get("auto_converge")),
-            "timeout_s": data.get("timeout_s"),
-            "timeout_action": data.get("timeout_action") or "",
-            "compression": method,
-            "compression_level": (DEFAULT_COMPRESSION_LEVEL if level is None else level)
-            if method in LEVEL_RANGES
-            else None,
-            "compression_threads": data.get("compression_threads") if method == "mt" else None,
-            "decompression_threads": data.get("decompression_threads") if method == "mt" else None,
-            "parallel_connections": data.get("parallel_connections") or 0,
-            "tls": bool(data.get("tls")),
-            "pin_cpus": data.get("pin_cpus") or "",
-            "persistent_dest": bool(data.get("persistent_dest")),
-            "undefine_source": bool(data.get("undefine_source")),
-            "unsafe": bool(data.get("unsafe")),
-        }
+    def parameters(self) -> MigrationParameters:
+        """The requested parameters, as the record stores them."""
+        return MigrationParameters.from_form(self.cleaned_data, self.vm.disks)

@@ -72,12 +72,12 @@ def errors_for(vm, destination, **overrides):
 
 def test_it_copies_every_writable_local_disk_by_default(vm, hosts):
     plan = MigrationForm.default_parameters(vm, hosts[1])
-    assert plan["disks"] == ["vda"]
-    assert plan["create_images"] and plan["remove_source_images"]
-    assert plan["replace_stale_images"] is None, "left for the next step to decide"
-    assert plan["disk_plan"] == [
-        {"target": "vda", "source": DISKS[0]["source"], "format": "qcow2", "capacity_bytes": 64 * 2**20}
-    ]
+    assert plan.disks == ("vda",)
+    assert plan.create_images and plan.remove_source_images
+    assert plan.replace_stale_images is None, "left for the next step to decide"
+    assert plan.disk_plan == (
+        {"target": "vda", "source": DISKS[0]["source"], "format": "qcow2", "capacity_bytes": 64 * 2**20},
+    )
 
 
 def test_it_names_each_disk_that_cannot_be_copied_and_why(vm, hosts):
@@ -132,7 +132,7 @@ def test_it_checks_the_compression_level_per_method(vm, hosts):
     form = MigrationForm(data, vm=vm, run_prechecks=False)
     form.fields["compression"].choices = [("", "None"), ("mt", "mt")]
     assert form.is_valid(), form.errors
-    assert form.parameters()["compression_level"] == 0
+    assert form.parameters().compression_level == 0
 
 
 def test_it_describes_the_disk_plan_in_words(vm, hosts):
@@ -144,8 +144,9 @@ def test_it_describes_the_disk_plan_in_words(vm, hosts):
 
 
 def test_it_describes_parameters_with_labels_and_units(vm, hosts):
-    params = MigrationForm.default_parameters(vm, hosts[1])
-    params.update(bandwidth_mib_s=100, timeout_s=60, timeout_action="suspend", compression="mt", compression_level=1)
+    params = MigrationForm.default_parameters(vm, hosts[1]).replace(
+        bandwidth_mib_s=100, timeout_s=60, timeout_action="suspend", compression="mt", compression_level=1
+    )
     rows = dict(describe(params))
     assert rows["Copy disks"] == "vda (qcow2, 64 MiB)"
     assert rows["Source images after success"] == "removed"
@@ -169,7 +170,7 @@ def test_the_migration_page_shows_parameters_in_words(login, vm, hosts):
         destination=hosts[1],
         destination_name="h-b",
         storage_class=vm.storage_class,
-        parameters=params,
+        parameters=params.as_record(),
         applied_parameters={"flags": 1 | 2 | 8 | 64, "params": {"migrate_disks": ["vda"]}, "dconnuri": "qemu+tcp://b"},
     )
     page = login("auditor").get(migration.get_absolute_url()).content.decode()

@@ -174,7 +174,7 @@ def test_it_copies_only_the_local_disk_of_a_mixed_vm(lab, lab_hosts, queue, user
         lab.reset_guest("mixed-disks")
         vda, vdb = disk_path(a, "mixed-disks", "vda"), disk_path(a, "mixed-disks", "vdb")
         inventory.refresh_host(a)
-        assert MigrationForm.default_parameters(a.vms.get(name="mixed-disks"), b)["disks"] == ["vdb"]
+        assert MigrationForm.default_parameters(a.vms.get(name="mixed-disks"), b).disks == ("vdb",)
         shared_mtime = lab.host_path("A", vda).stat().st_mtime
         migration = migrate(queue, a, b, users["operator"], "mixed-disks")
         print(report(migration))

@@ -13,6 +13,7 @@ from typing import Any
 from hosts.models import Host, VirtualMachine
 
 from ..models import Migration, MigrationState
+from ..parameters import MigrationParameters
 from . import planner
 from .dirtyrate import latest_series
 
@@ -82,35 +83,11 @@ def learned_zero_page_fraction(vm_uuid: str) -> float | None:
     return None
 
 
-def plan_input(
-    memory_mib: float,
-    dirty_rate_mib_s: float,
-    curve: list[tuple[float, float]],
-    bandwidth_mib_s: float,
-    is_cap: bool,
-    parameters: dict[str, Any],
-    zero_page_fraction: float = 0.0,
-) -> planner.PlanInput:
-    compression = parameters.get("compression") or None
-    action = parameters.get("timeout_action") or None
-    return planner.PlanInput(
-        memory_mib=memory_mib,
-        dirty_rate_mib_s=dirty_rate_mib_s,
-        dirty_rate_curve=tuple(curve),
-        bandwidth_mib_s=bandwidth_mib_s,
-        bandwidth_is_cap=is_cap,
-        max_downtime_ms=float(parameters.get("max_downtime_ms") or 300),
-        auto_converge=bool(parameters.get("auto_converge")),
-        compression=compression,
-        parallel_connections=max(1, int(parameters.get("parallel_connections") or 1)),
-        timeout_s=parameters.get("timeout_s") or None,
-        timeout_action=action if parameters.get("timeout_s") else None,
-        zero_page_fraction=zero_page_fraction,
-    )
-
-
-def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any]) -> dict[str, Any]:
+def predict_for(
+    vm: VirtualMachine, destination: Host, parameters: MigrationParameters | dict[str, Any]
+) -> dict[str, Any]:
     """The prediction stored on the migration and shown on the review step."""
+    parameters = MigrationParameters.from_record(parameters)
     series = latest_series(vm.uuid)
     if not series:
         return {
@@ -121,7 +98,7 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
     # Every reading goes to the planner, which averages repeated windows and fits the curve.
     readings = [(m.window_s, m.dirty_rate_mib_s) for m in series]
     curve = readings if len({w for w, _r in readings}) > 1 else []
-    cap = int(parameters.get("bandwidth_mib_s") or 0)
+    cap = parameters.bandwidth_mib_s
     learned = learned_throughput_mib_s(vm.host.name, destination.name)
     if cap:
         bandwidth, source = float(cap), "the bandwidth limit"
@@ -140,7 +117,14 @@ def predict_for(vm: VirtualMachine, destination: Host, parameters: dict[str, Any
     # Unknown before the VM's first migration: assume every page holds data.
     learned_zero = learned_zero_page_fraction(vm.uuid)
     zero = learned_zero or 0.0
-    inp = plan_input(vm.memory_kib / 1024, dirty, curve, bandwidth, bool(cap), parameters, zero)
+    inp = parameters.planner_input(
+        memory_mib=vm.memory_kib / 1024,
+        dirty_rate_mib_s=dirty,
+        dirty_rate_curve=tuple(curve),
+        bandwidth_mib_s=bandwidth,
+        bandwidth_is_cap=bool(cap),
+        zero_page_fraction=zero,
+    )
     overhead_ms = learned_switchover_ms(vm.host.name, destination.name)
     inp = replace(
         inp,
