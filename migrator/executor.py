@@ -62,7 +62,7 @@ def queue_migration(
             started_by_username=getattr(user, "username", "") or "",
             client_address=client_address,
             parameters=MigrationParameters.from_record(parameters).as_record(),
-            precheck_report=report.as_list() if report is not None else [],
+            precheck_report=report.as_list() if hasattr(report, "as_list") else list(report or []),
             prediction=prediction or {},
         )
         migration.log("queued", f"Queued by {migration.started_by_username or 'system'}.")

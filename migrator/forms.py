@@ -165,6 +165,7 @@ class MigrationForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.vm = vm
         self.run_prechecks = run_prechecks
+        self.expected_destination = destination
         self.source = vm.host
         self.features = features
         self.report: Report | None = None
@@ -267,6 +268,11 @@ class MigrationForm(forms.Form):
         if self.errors:
             return cleaned
         destination = cleaned.get("destination")
+        expected = self.expected_destination
+        if destination is not None and expected is not None and destination != expected:
+            # The wizard's page is about one destination: never migrate to another one.
+            self.add_error("destination", f"This wizard is migrating to {expected.name}; go back to change it.")
+            return cleaned
         if destination is not None and self.run_prechecks:
             self.report = run_prechecks(self.vm, self.source, destination, self.parameters())
             for check in self.report.failures:

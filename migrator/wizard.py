@@ -3,8 +3,11 @@ pre-check verdict) → disks and parameters → review → start."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import messages
+from django.core import signing
 from django.db import IntegrityError
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 
 from hosts import gateway
@@ -29,58 +32,145 @@ def _features(vm: VirtualMachine) -> gateway.MigrationFeatures | None:
         return None
 
 
+REVIEW_SALT = "migrator.wizard.review"
+REVIEW_MAX_AGE_S = 24 * 3600
+
+
+class StepChoice(forms.Form):
+    """The wizard's position, from the query string or the form: a bad value
+    is a 404, never a 500."""
+
+    vm = forms.IntegerField(required=False, min_value=1)
+    destination = forms.IntegerField(required=False, min_value=1)
+
+
 @role_required(OPERATORS)
 def new_migration(request):
-    vm_id = request.GET.get("vm") or request.POST.get("vm")
-    if not vm_id:
-        return _pick_vm(request)
-    vm = get_object_or_404(VirtualMachine.objects.select_related("host"), pk=vm_id)
+    """Step 1 → 4, each its own view below; the query string and the form say
+    which step the operator is at."""
+    position = {k: request.GET.get(k) or request.POST.get(k) for k in StepChoice.base_fields}
+    step = StepChoice(position)
+    if not step.is_valid():
+        raise Http404("No such VM or host.")
+    if not step.cleaned_data["vm"]:
+        return pick_vm(request)
+    vm = get_object_or_404(VirtualMachine.objects.select_related("host"), pk=step.cleaned_data["vm"])
     active = Migration.objects.active().for_vm(vm.uuid).first()
     if active is not None:
         messages.info(request, f"{vm.name} is already being migrated.")
         return redirect(active)
-    destination_id = request.GET.get("destination") or request.POST.get("destination")
-    if not destination_id:
-        return _pick_destination(request, vm)
-    destination = get_object_or_404(Host.objects.enabled(), pk=destination_id)
-    features = _features(vm)
-    if request.method != "POST":
-        form = MigrationForm(vm=vm, features=features, destination=destination, initial={"destination": destination})
-        return _render_parameters(request, vm, destination, form, features)
+    if not step.cleaned_data["destination"]:
+        return pick_destination(request, vm)
+    destination = get_object_or_404(Host.objects.enabled().exclude(pk=vm.host_id), pk=step.cleaned_data["destination"])
+    if request.method != "POST" or "edit" in request.POST:
+        return choose_parameters(request, vm, destination)
+    if "start" in request.POST:
+        return start(request, vm, destination)
+    return review(request, vm, destination)
 
-    form = MigrationForm(request.POST, vm=vm, features=features, destination=destination)
-    if not form.is_valid() or "edit" in request.POST:
-        return _render_parameters(request, vm, destination, form, features)
-    prediction = predict_for(vm, destination, form.parameters())
-    if "start" not in request.POST:
-        return render(
-            request,
-            "migrator/new_review.html",
-            {
-                "vm": vm,
-                "destination": destination,
-                "form": form,
-                "report": form.report,
-                "parameters": form.parameters(),
-                "prediction": prediction,
-                "hidden": _post_items(form, {}),
-                "applies": [
-                    (change, _post_items(form, change["changes"])) for change in prediction.get("form_changes", [])
-                ],
-                # Measure the dirty rate right here; the page then offers to update the prediction.
-                **vm_dirty_rate_context(request, vm),
-                "dirty_rate_inline": True,
-            },
-        )
+
+def pick_vm(request):
+    hosts = Host.objects.enabled().prefetch_related("vms")
+    active = {m.vm_uuid: m for m in Migration.objects.active()}
+    rows = [(host, [(vm, active.get(vm.uuid)) for vm in host.vms.all() if vm.running]) for host in hosts]
+    return render(request, "migrator/new_vm.html", {"rows": rows})
+
+
+def pick_destination(request, vm: VirtualMachine):
+    options = []
+    for host in Host.objects.enabled().exclude(pk=vm.host_id):
+        # Judged with the plan the next step offers by default, so a VM with
+        # local disks is not blocked for the disks it would copy.
+        plan = MigrationForm.default_parameters(vm, host)
+        report = run_prechecks(vm, vm.host, host, plan)
+        options.append((host, report, describe_disk_plan(vm, plan)))
+    return render(request, "migrator/new_destination.html", {"vm": vm, "options": options})
+
+
+def choose_parameters(request, vm: VirtualMachine, destination: Host, form: MigrationForm | None = None):
+    features = _features(vm)
+    if form is None and request.method == "POST":
+        # "Change parameters" from the review: the values come back as they were.
+        form = MigrationForm(request.POST, vm=vm, features=features, destination=destination, run_prechecks=False)
+    elif form is None:
+        form = MigrationForm(vm=vm, features=features, destination=destination, initial={"destination": destination})
+    verdicts = disk_verdicts(vm.disks, vm.host.prefixes)
+    disks = [(disk, next((v for v in verdicts if v.target == disk["target"]), None)) for disk in vm.disks]
+    return render(
+        request,
+        "migrator/new_parameters.html",
+        {"vm": vm, "destination": destination, "form": form, "features": features, "disks": disks},
+    )
+
+
+def _valid_form(request, vm: VirtualMachine, destination: Host) -> MigrationForm:
+    form = MigrationForm(request.POST, vm=vm, features=_features(vm), destination=destination)
+    form.is_valid()
+    return form
+
+
+def review(request, vm: VirtualMachine, destination: Host):
+    form = _valid_form(request, vm, destination)
+    if form.errors:
+        return choose_parameters(request, vm, destination, form)
+    parameters = form.parameters()
+    prediction = predict_for(vm, destination, parameters)
+    # What the operator sees here is what the record keeps: signed, so the
+    # start step stores this report and prediction, not a recomputed pair.
+    reviewed = signing.dumps(
+        {"parameters": parameters.as_record(), "report": form.report.as_list(), "prediction": prediction},
+        salt=REVIEW_SALT,
+        compress=True,
+    )
+    return render(
+        request,
+        "migrator/new_review.html",
+        {
+            "vm": vm,
+            "destination": destination,
+            "form": form,
+            "report": form.report,
+            "parameters": parameters,
+            "prediction": prediction,
+            "hidden": _post_items(form, {}),
+            "reviewed": reviewed,
+            "applies": [
+                (change, _post_items(form, change["changes"])) for change in prediction.get("form_changes", [])
+            ],
+            # Measure the dirty rate right here; the page then offers to update the prediction.
+            **vm_dirty_rate_context(request, vm),
+            "dirty_rate_inline": True,
+        },
+    )
+
+
+def _reviewed(request, parameters) -> dict | None:
+    try:
+        reviewed = signing.loads(request.POST.get("reviewed", ""), salt=REVIEW_SALT, max_age=REVIEW_MAX_AGE_S)
+    except signing.BadSignature:
+        return None
+    return reviewed if reviewed.get("parameters") == parameters.as_record() else None
+
+
+def start(request, vm: VirtualMachine, destination: Host):
+    form = _valid_form(request, vm, destination)
+    if form.errors:
+        # Something changed since the review (another migration, a host): say so on the parameters step.
+        return choose_parameters(request, vm, destination, form)
+    parameters = form.parameters()
+    reviewed = _reviewed(request, parameters)
+    if reviewed is None:
+        messages.warning(request, "The review is out of date or the parameters changed; review them again.")
+        return review(request, vm, destination)
     try:
         migration = queue_migration(
             vm=vm,
-            destination=form.cleaned_data["destination"],
-            parameters=form.parameters(),
-            report=form.report,
+            destination=destination,
+            parameters=parameters,
+            report=reviewed["report"],
             user=request.user,
             client_address=client_address(request),
-            prediction=prediction,
+            prediction=reviewed["prediction"],
         )
     except IntegrityError:
         # R2: a double submit (or a second operator) finds the first migration.
@@ -118,31 +208,3 @@ def _post_items(form: MigrationForm, overrides: dict) -> list[tuple[str, str]]:
         else:
             items.append((name, "" if value is None else str(value)))
     return items
-
-
-def _pick_vm(request):
-    hosts = Host.objects.enabled().prefetch_related("vms")
-    active = {m.vm_uuid: m for m in Migration.objects.active()}
-    rows = [(host, [(vm, active.get(vm.uuid)) for vm in host.vms.all() if vm.running]) for host in hosts]
-    return render(request, "migrator/new_vm.html", {"rows": rows})
-
-
-def _pick_destination(request, vm: VirtualMachine):
-    options = []
-    for host in Host.objects.enabled().exclude(pk=vm.host_id):
-        # Judged with the plan the next step offers by default, so a VM with
-        # local disks is not blocked for the disks it would copy.
-        plan = MigrationForm.default_parameters(vm, host)
-        report = run_prechecks(vm, vm.host, host, plan)
-        options.append((host, report, describe_disk_plan(vm, plan)))
-    return render(request, "migrator/new_destination.html", {"vm": vm, "options": options})
-
-
-def _render_parameters(request, vm, destination, form, features):
-    verdicts = disk_verdicts(vm.disks, vm.host.prefixes)
-    disks = [(disk, next((v for v in verdicts if v.target == disk["target"]), None)) for disk in vm.disks]
-    return render(
-        request,
-        "migrator/new_parameters.html",
-        {"vm": vm, "destination": destination, "form": form, "features": features, "disks": disks},
-    )

@@ -193,7 +193,10 @@ def test_it_double_submits_from_the_browser_into_one_migration(lab, lab_hosts, g
     from migrator.wizard import _post_items
 
     data = dict(_post_items(form, {}))
-    data.update({"vm": vm.pk, "start": "1"})
+    data.update({"vm": vm.pk, "review": "1"})
+    review = client.post(reverse("migrator:new"), data)
+    data.update({"reviewed": review.context["reviewed"], "start": "1"})
+    del data["review"]
     first = client.post(reverse("migrator:new"), data)
     second = client.post(reverse("migrator:new"), data)
     assert first.status_code == 302 and second.status_code == 302
