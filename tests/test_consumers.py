@@ -9,7 +9,6 @@ from django.contrib.auth.models import AnonymousUser
 
 from migrator import live
 from migrator.consumers import MigrationConsumer, MigrationListConsumer
-from migrator.models import Migration
 
 from .test_migration_model import make_migration
 
@@ -89,10 +88,10 @@ async def test_it_closes_the_socket_of_an_unknown_migration(users):
     connected, _ = await comm.connect()
     assert connected
     message = await comm.receive_json_from(timeout=5)
-    assert message["type"] == "error"
+    assert message == {"type": "error", "message": "No such migration."}
+    closed = await comm.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4404}
     await comm.disconnect()
-    await asyncio.sleep(0)
-    assert not await sync_to_async(Migration.objects.filter(pk=999999).exists)()
 
 
 async def test_it_keeps_a_quiet_socket_alive_past_the_layers_blocking_read(users):
