@@ -1,0 +1,143 @@
+"""The executor's decisions without the lab: what the hosts answer is staged
+through the gateway's functions, and each test checks what the executor
+does with it and what the record says."""
+
+from __future__ import annotations
+
+import pytest
+
+from hosts import gateway
+from migrator.executor import Executor
+from migrator.models import AuditEvent, MigrationState
+
+from .test_migration_model import make_migration
+
+pytestmark = pytest.mark.django_db
+VDA = "/var/lib/libvirt/images/db-vda.qcow2"
+PLAN = {
+    "disks": ["vda"],
+    "disk_plan": [{"target": "vda", "source": VDA, "format": "qcow2", "capacity_bytes": 64 * 2**20}],
+    "remove_source_images": True,
+}
+
+
+class Hosts:
+    """What each host answers: VM states and image users, by URI."""
+
+    def __init__(self, monkeypatch, states: dict, users: dict | None = None, unreachable: tuple = ()):
+        self.states, self.users, self.unreachable = states, users or {}, unreachable
+        self.deleted: list[tuple[str, str]] = []
+        self.destroyed: list[str] = []
+        self.resumed: list[str] = []
+        monkeypatch.setattr(gateway, "vm_state", self.vm_state)
+        monkeypatch.setattr(gateway, "path_info", self.path_info)
+        monkeypatch.setattr(gateway, "delete_volume", self.delete_volume)
+        monkeypatch.setattr(gateway, "destroy_leftover", self.destroy_leftover)
+        monkeypatch.setattr(gateway, "resume_vm", self.resume_vm)
+
+    def _answer(self, uri):
+        if uri in self.unreachable:
+            raise gateway.GatewayError(f"No answer from {uri} within 10 s.", uri=uri)
+
+    def vm_state(self, uri, uuid):
+        self._answer(uri)
+        return self.states.get(uri)
+
+    def path_info(self, uri, path):
+        self._answer(uri)
+        return gateway.PathInfo(path, True, False, "default", 10**9, tuple(self.users.get(uri, ())), 64 * 2**20)
+
+    def delete_volume(self, uri, path):
+        self._answer(uri)
+        self.deleted.append((uri, path))
+        return True
+
+    def destroy_leftover(self, uri, uuid):
+        self.destroyed.append(uri)
+        self.states[uri] = None
+        return True
+
+    def resume_vm(self, uri, uuid):
+        self.resumed.append(uri)
+        self.states[uri] = "running"
+
+
+def executor(**parameters) -> Executor:
+    migration = make_migration(storage_class="non_shared", parameters={**PLAN, **parameters})
+    migration.claim(1, "worker")
+    return Executor(migration)
+
+
+def test_it_removes_the_copied_images_from_the_source_after_a_certain_success(monkeypatch):
+    run = executor()
+    hosts = Hosts(monkeypatch, {"qemu:///a": None, "qemu:///b": "running"})
+    notes = run._remove_source_images()
+    assert hosts.deleted == [("qemu:///a", VDA)]
+    assert notes == [f"Removed {VDA} from a."]
+    event = AuditEvent.objects.get(action="migration.source_image_removed")
+    assert event.details == {"host": "a", "path": VDA, "via": "worker"}
+    assert run.migration.events.filter(state="cleanup").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("states", "users", "unreachable", "note"),
+    [
+        ({"qemu:///a": "shutoff"}, {}, (), "the VM is still defined on a"),
+        ({}, {}, ("qemu:///a",), "a did not answer"),
+        ({}, {"qemu:///a": ["other-vm"]}, (), "it is a disk of other-vm there"),
+    ],
+)
+def test_it_keeps_the_source_image_when_anything_is_uncertain(monkeypatch, states, users, unreachable, note):
+    run = executor()
+    hosts = Hosts(monkeypatch, states, users, unreachable)
+    notes = run._remove_source_images()
+    assert hosts.deleted == []
+    assert any(note in n for n in notes), notes
+    assert not AuditEvent.objects.filter(action="migration.source_image_removed").exists()
+
+
+def test_it_keeps_the_source_image_when_the_operator_said_so(monkeypatch):
+    run = executor(remove_source_images=False)
+    hosts = Hosts(monkeypatch, {})
+    assert run._remove_source_images() == [] and hosts.deleted == []
+
+
+def test_a_failure_removes_what_it_created_on_the_destination_and_nothing_on_the_source(monkeypatch):
+    run = executor()
+    run.created_images.append(VDA)
+    hosts = Hosts(monkeypatch, {"qemu:///a": "running", "qemu:///b": "paused"})
+    run._settle_failure(gateway.GatewayError("internal error: client socket is closed"))
+    m = run.migration
+    m.refresh_from_db()
+    assert m.state == MigrationState.FAILED and m.vm_location == "a"
+    assert hosts.destroyed == ["qemu:///b"], "the paused incoming copy was removed"
+    assert hosts.deleted == [("qemu:///b", VDA)], "only the image created on the destination"
+    assert "still running on a" in m.outcome_note
+
+
+def test_a_failure_resumes_a_source_left_paused_by_the_timeout(monkeypatch):
+    run = executor()
+    hosts = Hosts(monkeypatch, {"qemu:///a": "paused", "qemu:///b": None})
+    run._settle_failure(gateway.GatewayError("operation aborted"))
+    run.migration.refresh_from_db()
+    assert hosts.resumed == ["qemu:///a"]
+    assert run.migration.vm_location == "a"
+
+
+def test_a_failure_with_the_vm_nowhere_running_says_check_it_by_hand(monkeypatch):
+    run = executor()
+    Hosts(monkeypatch, {"qemu:///a": "shutoff", "qemu:///b": None})
+    run._settle_failure(gateway.GatewayError("boom"))
+    m = run.migration
+    m.refresh_from_db()
+    assert m.state == MigrationState.FAILED and m.vm_location == "unknown"
+    assert "check it by hand" in m.outcome_note
+
+
+def test_a_cancel_is_recorded_as_cancelled(monkeypatch):
+    run = executor()
+    run.migration.request_cancel(None)
+    Hosts(monkeypatch, {"qemu:///a": "running", "qemu:///b": None})
+    run._settle_failure(gateway.GatewayError("operation aborted"), cancelled=True)
+    run.migration.refresh_from_db()
+    assert run.migration.state == MigrationState.CANCELLED
