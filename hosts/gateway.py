@@ -985,6 +985,9 @@ class MigrationOutcome:
     pin_mode: str = ""
 
 
+SETUP_POLL_S = 0.05
+
+
 class MigrationRun:
     """Runs one live migration and watches it from a second connection.
 
@@ -1114,11 +1117,13 @@ class MigrationRun:
             dom = watcher.lookupByUUIDString(self.uuid)
             started = time.monotonic()
             downtime_pending = self.applied.get("max_downtime_ms", 0) is None
+            sized = setup_recorded = False
             while not self._done.is_set():
                 try:
                     stats = job_stats(dom)
                 except libvirt.libvirtError:
                     stats = {}
+                sized = sized or bool(stats.get("data_total"))
                 if stats:
                     self.last_stats = stats
                     if downtime_pending:
@@ -1126,10 +1131,13 @@ class MigrationRun:
                             dom.migrateSetMaxDowntime(int(self.spec.max_downtime_ms), 0)
                             self.applied["max_downtime_ms"] = int(self.spec.max_downtime_ms)
                             downtime_pending = False
-                    try:
-                        self.on_sample(stats)
-                    except Exception:  # noqa: BLE001 - a display failure must not stop the watch
-                        pass
+                    # Setup readings are all zeros: one is enough for the chart.
+                    if sized or not setup_recorded:
+                        setup_recorded = True
+                        try:
+                            self.on_sample(stats)
+                        except Exception:  # noqa: BLE001 - a display failure must not stop the watch
+                            pass
                 if not self.aborted and self.should_abort():
                     self.aborted = True
                     with contextlib.suppress(libvirt.libvirtError):
@@ -1143,7 +1151,10 @@ class MigrationRun:
                     and stats
                 ):
                     self._take_timeout_action(dom)
-                self._done.wait(self.sample_interval_s)
+                # Until libvirt has sized the job (the disk mirrors or the
+                # first pass start) poll fast, so that even a sub-second
+                # migration gets a first reading with its sizes.
+                self._done.wait(self.sample_interval_s if sized else min(self.sample_interval_s, SETUP_POLL_S))
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 watcher.close()

@@ -16,10 +16,27 @@ from channels.layers import get_channel_layer
 
 log = logging.getLogger(__name__)
 LIST_GROUP = "migrations"
+MIB = 1024 * 1024
+
+
+def disk_copy_text(migration) -> str:
+    """'64.0 MiB of 64.0 MiB', '—' while a disk copy is not sized yet, '' without one."""
+    copy = migration.disk_copy
+    if copy is None:
+        return "—" if migration.copies_disks else ""
+    copied, total = copy
+    return f"{copied / MIB:.1f} MiB of {total / MIB:.1f} MiB"
+
+
+def data_text(migration) -> str:
+    """'78.5 MiB / 256.0 MiB': data sent against the VM's memory."""
+    sent = migration.data_processed_bytes
+    return f"{f'{sent / MIB:.1f} MiB' if sent else '—'} / {migration.memory_bytes / MIB:.1f} MiB"
 
 
 def migration_state(migration) -> dict[str, Any]:
     """The state part of the JSON shape the page and the socket share."""
+    disk = migration.disk_copy
     return {
         "id": migration.pk,
         "state": migration.state,
@@ -36,6 +53,11 @@ def migration_state(migration) -> dict[str, Any]:
         "total_time_ms": migration.total_time_ms,
         "downtime_ms": migration.downtime_ms,
         "data_processed_bytes": migration.data_processed_bytes,
+        "data_text": data_text(migration),
+        "copies_disks": migration.copies_disks,
+        "disk_copied_bytes": disk[0] if disk else None,
+        "disk_total_bytes": disk[1] if disk else None,
+        "disk_copy_text": disk_copy_text(migration),
         "iterations": migration.iterations,
         "avg_throughput_mib_s": migration.avg_throughput_mib_s,
         "error_message": migration.error_message,

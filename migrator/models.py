@@ -283,6 +283,61 @@ class Migration(AppendOnlyModel):
         end = self.finished_at or timezone.now()
         return (end - self.started_at).total_seconds()
 
+    @property
+    def copies_disks(self) -> bool:
+        return bool(self.parameters.get("disks"))
+
+    @property
+    def disk_copy(self) -> tuple[int, int] | None:
+        """(bytes copied, bytes to copy) of the disks, None before libvirt
+        sized the copy. A success reads its final statistics; a running,
+        failed or cancelled migration its last sample."""
+        final = self.final_stats or {}
+        if final.get("disk_total"):
+            return int(final.get("disk_processed") or 0), int(final["disk_total"])
+        last = self.last_sample or {}
+        if last.get("disk_total_bytes"):
+            return int(last.get("disk_processed_bytes") or 0), int(last["disk_total_bytes"])
+        return None
+
+
+def completed_stats(live: dict[str, Any], completed: dict[str, Any]) -> dict[str, Any]:
+    """Final statistics of a completed migration: the completed-job
+    statistics read on the destination over the source's last reading.
+
+    The destination's copy of those statistics has no disk figures (libvirt
+    9.0 reports 0 there; only the source's JOB_COMPLETED event has them), so
+    they come from the source's reading. A completed job has copied every
+    disk: libvirt switches over only once the disk mirrors are in sync.
+    """
+    final = {**live, **completed}
+    final.pop("type", None)
+    disk_total = int(completed.get("disk_total") or live.get("disk_total") or 0)
+    if disk_total:
+        final["disk_total"] = disk_total
+        final["disk_processed"] = int(completed.get("disk_processed") or disk_total)
+        final["disk_remaining"] = 0
+    return final
+
+
+def final_sample_stats(final: dict[str, Any]) -> dict[str, Any]:
+    """The last chart point of a completed migration, in the shape of a live
+    reading: nothing remains, and as in the source's readings the data
+    figures count memory and disks together."""
+    memory_total = int(final.get("memory_total") or 0)
+    disk_total = int(final.get("disk_total") or 0)
+    # In a completed job `downtime` is the real one; in readings the expected one.
+    readings = {key: value for key, value in final.items() if key != "downtime"}
+    return {
+        **readings,
+        "memory_remaining": 0,
+        "disk_processed": disk_total,
+        "disk_remaining": 0,
+        "data_total": memory_total + disk_total,
+        "data_processed": int(final.get("memory_processed") or 0) + disk_total,
+        "data_remaining": 0,
+    }
+
 
 def final_stat_fields(stats: dict[str, Any]) -> dict[str, Any]:
     """The summary columns from libvirt's completed-job statistics."""
@@ -328,7 +383,8 @@ class MigrationSample(models.Model):
     disk_total_bytes = models.BigIntegerField(default=0)
     disk_processed_bytes = models.BigIntegerField(default=0)
     disk_remaining_bytes = models.BigIntegerField(default=0)
-    throughput_mib_s = models.FloatField(default=0)
+    throughput_mib_s = models.FloatField(default=0, help_text="Memory sent per second, as libvirt reports it.")
+    disk_throughput_mib_s = models.FloatField(default=0, help_text="Disk data copied per second.")
     dirty_rate_mib_s = models.FloatField(default=0)
     expected_downtime_ms = models.IntegerField(null=True, blank=True)
     throttle_pct = models.IntegerField(null=True, blank=True)
@@ -342,9 +398,19 @@ class MigrationSample(models.Model):
         """Build and save a sample from a `jobStats()` dict (see gateway.job_sample)."""
         mib = 1024 * 1024
         page_size = stats.get("memory_page_size") or 4096
+        elapsed_ms = int(stats.get("time_elapsed") or 0)
+        disk_processed = int(stats.get("disk_processed") or 0)
+        disk_mib_s = float(stats.get("disk_bps") or 0) / mib
+        if not disk_mib_s:
+            # libvirt reports no disk_bps for an NBD disk copy: derive it
+            # from the progress since the previous reading.
+            previous = migration.samples.order_by("-elapsed_ms", "-pk").first()
+            if previous is not None and elapsed_ms > previous.elapsed_ms:
+                copied = max(0, disk_processed - previous.disk_processed_bytes)
+                disk_mib_s = copied / mib / ((elapsed_ms - previous.elapsed_ms) / 1000)
         return cls.objects.create(
             migration=migration,
-            elapsed_ms=int(stats.get("time_elapsed") or 0),
+            elapsed_ms=elapsed_ms,
             iteration=int(stats.get("memory_iteration") or 0),
             data_total_bytes=int(stats.get("data_total") or 0),
             data_processed_bytes=int(stats.get("data_processed") or 0),
@@ -353,9 +419,10 @@ class MigrationSample(models.Model):
             memory_processed_bytes=int(stats.get("memory_processed") or 0),
             memory_remaining_bytes=int(stats.get("memory_remaining") or 0),
             disk_total_bytes=int(stats.get("disk_total") or 0),
-            disk_processed_bytes=int(stats.get("disk_processed") or 0),
+            disk_processed_bytes=disk_processed,
             disk_remaining_bytes=int(stats.get("disk_remaining") or 0),
-            throughput_mib_s=float(stats.get("memory_bps") or 0) / mib + float(stats.get("disk_bps") or 0) / mib,
+            throughput_mib_s=float(stats.get("memory_bps") or 0) / mib,
+            disk_throughput_mib_s=disk_mib_s,
             dirty_rate_mib_s=float(stats.get("memory_dirty_rate") or 0) * page_size / mib,
             expected_downtime_ms=stats.get("downtime"),
             throttle_pct=stats.get("auto_converge_throttle"),
@@ -377,6 +444,7 @@ class MigrationSample(models.Model):
             "disk_processed_bytes": self.disk_processed_bytes,
             "disk_remaining_bytes": self.disk_remaining_bytes,
             "throughput_mib_s": round(self.throughput_mib_s, 3),
+            "disk_throughput_mib_s": round(self.disk_throughput_mib_s, 3),
             "dirty_rate_mib_s": round(self.dirty_rate_mib_s, 3),
             "expected_downtime_ms": self.expected_downtime_ms,
             "throttle_pct": self.throttle_pct,

@@ -74,27 +74,52 @@
     var state = JSON.parse(document.getElementById("migration-data").textContent);
     var samples = [];
     var seen = {};
+    var disks = !!state.copies_disks;
     var rates = lineChart("chart-rates", [
       { label: "dirty rate", data: [], borderColor: "#dc3545", backgroundColor: "#dc3545" },
-      { label: "throughput", data: [], borderColor: "#007bff", backgroundColor: "#007bff" },
-    ]);
+      { label: disks ? "memory throughput" : "throughput", data: [], borderColor: "#007bff", backgroundColor: "#007bff" },
+    ].concat(disks ? [{ label: "disk throughput", data: [], borderColor: "#17a2b8", backgroundColor: "#17a2b8" }] : []));
     var remaining = lineChart("chart-remaining", [
       { label: "remaining", data: [], borderColor: "#28a745", backgroundColor: "#28a745", fill: false },
-    ]);
+    ].concat(disks ? [{ label: "disks remaining", data: [], borderColor: "#17a2b8", backgroundColor: "#17a2b8", fill: false }] : []));
     var marks = [];
 
+    /* Sizes and what is left of memory and disks in one reading. During
+     * setup libvirt reports zeros (nothing is known yet, not nothing left),
+     * and while the disks are mirrored before the first memory pass it counts
+     * no memory at all: then all of the VM's memory is still to send. */
+    function amounts(s) {
+      var memoryUnsized = !s.memory_total_bytes && s.disk_total_bytes > 0;
+      var memTotal = memoryUnsized ? state.memory_bytes : s.memory_total_bytes;
+      var memLeft = memoryUnsized ? state.memory_bytes : s.memory_remaining_bytes;
+      var extra = memoryUnsized ? state.memory_bytes : 0;
+      return {
+        sized: s.data_total_bytes > 0,
+        memTotal: memTotal, memLeft: memLeft,
+        diskTotal: s.disk_total_bytes, diskLeft: s.disk_remaining_bytes,
+        total: s.data_total_bytes + extra, left: s.data_remaining_bytes + extra,
+      };
+    }
+
     function addSample(s) {
-      if (seen[s.elapsed_ms]) return false;
-      seen[s.elapsed_ms] = true;
+      // elapsed_ms alone is not unique: a final reading may repeat the last live one's.
+      var key = s.elapsed_ms + "@" + s.sampled_at;
+      if (seen[key]) return false;
+      seen[key] = true;
       var last = samples[samples.length - 1];
       samples.push(s);
       var t = s.elapsed_ms / 1000;
+      var a = amounts(s);
       if (last && s.iteration !== last.iteration) marks.push({ t: t, iteration: s.iteration });
       if (rates) {
         rates.data.datasets[0].data.push({ x: t, y: s.dirty_rate_mib_s });
         rates.data.datasets[1].data.push({ x: t, y: s.throughput_mib_s });
+        if (disks) rates.data.datasets[2].data.push({ x: t, y: s.disk_throughput_mib_s || 0 });
       }
-      if (remaining) remaining.data.datasets[0].data.push({ x: t, y: s.data_remaining_bytes / MIB });
+      if (remaining) {
+        remaining.data.datasets[0].data.push({ x: t, y: a.sized ? a.left / MIB : null });
+        if (disks) remaining.data.datasets[1].data.push({ x: t, y: a.sized ? a.diskLeft / MIB : null });
+      }
       return true;
     }
 
@@ -103,35 +128,43 @@
       var s = samples[samples.length - 1];
       if (!s) return;
       document.getElementById("live-panel").classList.remove("d-none");
-      var total = s.data_total_bytes || 1;
-      var memDone = s.memory_processed_bytes, diskDone = s.disk_processed_bytes;
-      var pct = Math.min(100, 100 * s.data_processed_bytes / total);
+      var a = amounts(s);
       var done = state.state === "succeeded";
-      if (done || (s.data_remaining_bytes === 0 && s.data_total_bytes > 0)) pct = 100;
-      var memPct = s.disk_total_bytes && !done ? 100 * memDone / total : pct;
-      var diskPct = s.disk_total_bytes && !done ? 100 * diskDone / total : 0;
-      if (memPct + diskPct > 100) { memPct = 100 - diskPct; }
+      var memPct = 0, diskPct = 0;
+      if (a.total > 0) {
+        // A record from before final readings were kept may end on a live one.
+        var memLeft = done ? 0 : a.memLeft, diskLeft = done ? 0 : a.diskLeft;
+        memPct = Math.max(0, 100 * (a.memTotal - memLeft) / a.total);
+        diskPct = Math.max(0, 100 * (a.diskTotal - diskLeft) / a.total);
+      } else if (done) memPct = 100;
+      var pct = Math.min(100, memPct + diskPct);
+      if (memPct + diskPct > 100) memPct = 100 - diskPct;
       var bar = document.getElementById("progress-memory");
       bar.style.width = memPct.toFixed(1) + "%";
-      bar.textContent = s.disk_total_bytes ? "memory" : pct.toFixed(0) + " %";
+      bar.textContent = a.diskTotal ? (memPct >= 8 ? "memory" : "") : pct.toFixed(0) + " %";
       bar.setAttribute("aria-valuenow", pct.toFixed(0));
       var dbar = document.getElementById("progress-disk");
       dbar.style.width = diskPct.toFixed(1) + "%";
-      dbar.textContent = s.disk_total_bytes ? "disk" : "";
+      dbar.textContent = a.diskTotal && diskPct >= 8 ? "disks" : "";
+      var diskText = a.diskTotal ? "; disks " + fmtMiB(a.diskTotal - a.diskLeft) + " copied of " + fmtMiB(a.diskTotal) : "";
       if (!state.active) {
-        text("progress-text", state.state === "succeeded" ? "Complete: " + fmtMiB(state.data_processed_bytes || s.data_processed_bytes) +
-          " sent in " + fmtS(state.total_time_ms) + "." : "Stopped at " + pct.toFixed(0) + " % (" + state.state_display.toLowerCase() + ").");
+        text("progress-text", done ? "Complete: " + fmtMiB(state.data_processed_bytes || s.memory_processed_bytes) +
+          " of memory sent" + (state.disk_total_bytes ? ", " + fmtMiB(state.disk_copied_bytes) + " of disks copied" : "") +
+          ", in " + fmtS(state.total_time_ms) + "." : "Stopped at " + pct.toFixed(0) + " % (" + state.state_display.toLowerCase() + ")" + diskText + ".");
         text("stat-eta", "—");
-      } else text("progress-text", fmtMiB(s.data_processed_bytes) + " sent of " + fmtMiB(s.data_total_bytes) +
-        " (" + pct.toFixed(0) + " %)" + (s.disk_total_bytes ? "; disks " + fmtMiB(diskDone) + " of " + fmtMiB(s.disk_total_bytes) +
-        ", memory " + fmtMiB(memDone) + " of " + fmtMiB(s.memory_total_bytes) : ""));
+      } else if (!a.sized) {
+        text("progress-text", "setting up (libvirt has not sized the job yet)…");
+      } else text("progress-text", fmtMiB(a.left) + " left of " + fmtMiB(a.total) + " (" + pct.toFixed(0) + " % done)" +
+        (a.diskTotal ? "; memory " + fmtMiB(a.memTotal - a.memLeft) + " of " + fmtMiB(a.memTotal) : "") + diskText);
       text("stat-elapsed", fmtS(s.elapsed_ms));
-      var eta = s.throughput_mib_s > 0 ? 1000 * (s.data_remaining_bytes / MIB) / s.throughput_mib_s : null;
+      var speed = s.throughput_mib_s + (s.disk_throughput_mib_s || 0);
+      var eta = a.sized && speed > 0 ? 1000 * (a.left / MIB) / speed : null;
       if (state.active) text("stat-eta", eta === null ? "—" : "~" + fmtS(eta));
       text("stat-throughput", s.throughput_mib_s.toFixed(1) + " MiB/s");
+      text("stat-disk-throughput", (s.disk_throughput_mib_s || 0).toFixed(1) + " MiB/s");
       text("stat-dirty", s.dirty_rate_mib_s.toFixed(1) + " MiB/s");
       text("stat-iteration", s.iteration);
-      text("stat-remaining", fmtMiB(done ? 0 : s.data_remaining_bytes));
+      text("stat-remaining", done ? fmtMiB(0) : a.sized ? fmtMiB(a.left) : "—");
       if (done && state.iterations !== null) text("stat-iteration", state.iterations);
       text("stat-downtime", s.expected_downtime_ms === null ? "—" : s.expected_downtime_ms + " ms");
       text("stat-throttle", s.throttle_pct === null ? "—" : s.throttle_pct + " %");
@@ -180,16 +213,16 @@
         set("error_message", m.error_message || "");
         set("total_time", m.total_time_ms === null ? "—" : m.total_time_ms + " ms");
         set("downtime", m.downtime_ms === null ? "—" : m.downtime_ms + " ms");
-        set("data", (m.data_processed_bytes ? fmtMiB(m.data_processed_bytes) : "—") + " / " + fmtMiB(m.memory_bytes));
+        set("data", m.data_text);
+        set("disk_copy", m.disk_copy_text);
         set("iterations", m.iterations === null ? "—" : m.iterations);
         set("throughput", m.avg_throughput_mib_s ? m.avg_throughput_mib_s.toFixed(1) + " MiB/s" : "—");
         set("vm_location", m.vm_location || "—");
-        if (m.state === "succeeded") {
+        if (m.state === "succeeded" && !samples.length) {
           var bar = document.getElementById("progress-memory");
           bar.style.width = "100%";
           bar.setAttribute("aria-valuenow", "100");
           bar.textContent = "100 %";
-          document.getElementById("progress-disk").style.width = "0%";
         }
         redraw();
         if (m.error_message && !sum.querySelector('[data-field="error_message"]')) {
