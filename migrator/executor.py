@@ -66,8 +66,8 @@ def queue_migration(
             prediction=prediction or {},
         )
         migration.log("queued", f"Queued by {migration.started_by_username or 'system'}.")
+        transaction.on_commit(migration.announce)
         transaction.on_commit(lambda: enqueue_migration(migration.pk))
-    live.publish_state(migration)
     return migration
 
 
@@ -85,7 +85,6 @@ class Executor:
         m = self.migration
         if not m.claim(os.getpid(), socket.gethostname()):
             return m
-        live.publish_state(m)
         try:
             self._run()
         except Exception as exc:  # noqa: BLE001 - the record must say what happened, whatever it was
@@ -93,7 +92,6 @@ class Executor:
             self._settle_failure(gateway.GatewayError(f"Internal error in the worker: {exc}"))
         finally:
             m.refresh_from_db()
-            live.publish_state(m)
             self._refresh_inventory()
         return m
 
@@ -319,7 +317,6 @@ class Executor:
             error = gateway.GatewayError("The worker running this migration died; the migration did not complete.")
             self._settle_failure(error, cancelled=m.state == MigrationState.CANCELLING)
         m.refresh_from_db()
-        live.publish_state(m)
         self._refresh_inventory()
 
     def _safe(self, fn):

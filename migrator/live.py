@@ -13,6 +13,9 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.dispatch import receiver
+
+from .models import state_changed
 
 log = logging.getLogger(__name__)
 LIST_GROUP = "migrations"
@@ -90,3 +93,8 @@ def publish_state(migration) -> None:
     payload = {"type": "migration.state", "id": migration.pk, "migration": migration_state(migration)}
     send(migration.group_name, payload)
     send(LIST_GROUP, payload)
+
+
+@receiver(state_changed)
+def _publish_state_change(sender, migration, **kwargs) -> None:
+    publish_state(migration)

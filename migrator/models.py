@@ -17,9 +17,14 @@ from typing import Any
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Q
+from django.dispatch import Signal
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
+
+# Sent with `migration=` whenever a record is created or changes state (after
+# the commit); migrator.live publishes it to the pages, so no caller has to.
+state_changed = Signal()
 
 
 class MigrationState(models.TextChoices):
@@ -175,10 +180,17 @@ class Migration(AppendOnlyModel):
     # ------------------------------------------------------------ transitions
 
     def _transition(self, allowed: tuple[str, ...], **fields: Any) -> bool:
-        """Conditional update: only one of several racing writers wins."""
+        """Conditional update: only one of several racing writers wins. The
+        winner announces the new state once it is committed."""
         won = Migration.objects.filter(pk=self.pk, state__in=allowed).update(**fields) == 1
         self.refresh_from_db()
+        if won:
+            transaction.on_commit(self.announce)
         return won
+
+    def announce(self) -> None:
+        """Tell every listener (the live pages) the record's current state."""
+        state_changed.send(sender=Migration, migration=self)
 
     def claim(self, worker_pid: int | None = None, worker_host: str = "") -> bool:
         """queued → running; False when someone else claimed or cancelled it."""

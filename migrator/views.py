@@ -6,11 +6,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from hosts import gateway
-from hosts.certstore import expiry_warnings
+from hosts.certificates.readiness import expiry_warnings
 from hosts.models import Host, VirtualMachine
 from hosts.views import audit
 
-from .live import migration_state, publish_state
+from .live import migration_state
 from .models import Migration
 from .parameters import describe as describe_parameters
 from .planning import dirtyrate
@@ -61,7 +61,6 @@ def migration_cancel(request, pk: int):
             request,
             "Cancelled." if migration.state == "cancelled" else "Cancel requested: the migration is being aborted.",
         )
-        publish_state(migration)
     else:
         messages.warning(request, f"Migration #{migration.pk} is already {migration.get_state_display().lower()}.")
     return redirect(migration)

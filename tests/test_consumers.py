@@ -61,7 +61,6 @@ async def test_it_replays_history_then_forwards_live_samples(users):
     assert message["type"] == "sample" and message["sample"]["data_processed_bytes"] == 600
 
     await sync_to_async(m.finish)({"time_elapsed": 1200, "downtime": 50, "data_processed": 900})
-    await sync_to_async(live.publish_state)(m)
     message = await comm.receive_json_from(timeout=5)
     assert message["type"] == "state" and message["migration"]["state"] == "succeeded"
     assert message["migration"]["downtime_ms"] == 50
@@ -76,8 +75,8 @@ async def test_it_lists_running_migrations_and_their_changes(users):
     assert connected
     first = await comm.receive_json_from(timeout=5)
     assert first["type"] == "list" and [m["id"] for m in first["migrations"]] == [running.pk]
+    # The transition publishes itself: nobody calls publish_state.
     await sync_to_async(running.fail)("boom", vm_location="a")
-    await sync_to_async(live.publish_state)(running)
     message = await comm.receive_json_from(timeout=5)
     assert message["type"] == "state" and message["migration"]["active"] is False
     await comm.disconnect()
