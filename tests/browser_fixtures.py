@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,32 @@ def browser_login(browser, base_url: str, username: str, *roles: str):
         ec.presence_of_element_located((By.XPATH, "//button[normalize-space()='Log out']"))
     )
     return user
+
+
+@pytest.fixture
+def jobs_in_process(transactional_db):
+    """Performs queued RQ jobs in this process, which owns the test database.
+
+    An RQ worker cannot run outside the main thread (signal handlers), so a
+    thread takes the queued jobs and performs them itself."""
+    import django_rq
+
+    from migrator.jobs import QUEUE
+
+    queue = django_rq.get_queue(QUEUE)
+    queue.empty()
+    stop = threading.Event()
+
+    def perform() -> None:
+        while not stop.is_set():
+            for job in queue.jobs:
+                queue.remove(job)
+                job.perform()
+            stop.wait(0.3)
+        connection.close()
+
+    thread = threading.Thread(target=perform, daemon=True)
+    thread.start()
+    yield queue
+    stop.set()
+    thread.join(60)

@@ -6,20 +6,16 @@ against a real Daphne serving HTTP and websockets."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-import django_rq
 import pytest
 from django.conf import settings
-from django.db import connection
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hosts import inventory
-from migrator.jobs import QUEUE
 from migrator.models import Migration
 
 from .browser_fixtures import browser_login
@@ -28,73 +24,52 @@ pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.django_db(transa
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
 
 
-def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphne, browser):
+def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphne, browser, jobs_in_process):
     a, b = lab_hosts
     guest("web-shared")
     inventory.refresh_host(a)
-    queue = django_rq.get_queue(QUEUE)
-    queue.empty()
-    stop = threading.Event()
-
-    def worker() -> None:
-        # The job runs in this process, which owns the test database; an RQ
-        # worker cannot run outside the main thread (signal handlers), so the
-        # thread takes the queued jobs and performs them itself.
-        while not stop.is_set():
-            for job in queue.jobs:
-                queue.remove(job)
-                job.perform()
-            stop.wait(0.3)
-        connection.close()
-
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
     wait = WebDriverWait(browser, 60)
-    try:
-        browser_login(browser, daphne, "web-operator", "operators")
-        wait.until(ec.presence_of_element_located((By.LINK_TEXT, "Migrate a VM"))).click()
-        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "web-shared"))).click()
-        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Choose lab-b"))).click()
-        bandwidth = wait.until(ec.presence_of_element_located((By.NAME, "bandwidth_mib_s")))
-        bandwidth.clear()
-        bandwidth.send_keys("24")  # slow enough to watch the bar move
-        browser.find_element(By.CSS_SELECTOR, "button[name=review]").click()
-        # Measure on the review step: one round of the 1x/2x/4x curve, readings over the websocket.
-        prediction = wait.until(ec.presence_of_element_located((By.ID, "prediction"))).text
-        assert "Measure the VM's dirty page rate first" in prediction, prediction
-        duration = browser.find_element(By.CSS_SELECTOR, "#dirty-rate-panel [name=duration_s]")
-        duration.clear()
-        duration.send_keys("7")
-        browser.find_element(By.CSS_SELECTOR, "#dirty-rate-panel button[type=submit]").click()
-        WebDriverWait(browser, 60).until(
-            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dirty-rate-history tr:not(.empty)")) >= 3
-        )
-        assert "MiB/s" in browser.find_element(By.ID, "dirty-rate-latest").text
-        # Predict from those readings, then migrate.
-        wait.until(ec.element_to_be_clickable((By.ID, "update-prediction"))).click()
-        start = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[name=start]")))
-        prediction = browser.find_element(By.ID, "prediction").text
-        assert "Converges." in prediction and "total time" in prediction.lower(), prediction
-        assert "has not been migrated before" in prediction, prediction
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOTS / "review.png"))
-        start.click()
-        wait.until(ec.presence_of_element_located((By.ID, "progress-memory")))
-        WebDriverWait(browser, 120).until(
-            lambda d: d.find_element(By.ID, "progress-memory").get_attribute("aria-valuenow") == "100"
-        )
-        summary = WebDriverWait(browser, 60).until(ec.visibility_of_element_located((By.ID, "summary")))
-        assert "Succeeded" in summary.text
-        assert "Predicted:" in summary.text
-        time.sleep(1)  # let Bootstrap's width transition finish before the picture
-        browser.save_screenshot(str(SCREENSHOTS / "migration.png"))
-        # Compare: the finished migration's page sets predicted against actual.
-        browser.refresh()
-        table = wait.until(ec.visibility_of_element_located((By.ID, "predicted-vs-actual"))).text
-        assert "total time" in table.lower() and "converges" in table, table
-    finally:
-        stop.set()
-        thread.join(30)
+    browser_login(browser, daphne, "web-operator", "operators")
+    wait.until(ec.presence_of_element_located((By.LINK_TEXT, "Migrate a VM"))).click()
+    wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "web-shared"))).click()
+    wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Choose lab-b"))).click()
+    bandwidth = wait.until(ec.presence_of_element_located((By.NAME, "bandwidth_mib_s")))
+    bandwidth.clear()
+    bandwidth.send_keys("24")  # slow enough to watch the bar move
+    browser.find_element(By.CSS_SELECTOR, "button[name=review]").click()
+    # Measure on the review step: one round of the 1x/2x/4x curve, readings over the websocket.
+    prediction = wait.until(ec.presence_of_element_located((By.ID, "prediction"))).text
+    assert "Measure the VM's dirty page rate first" in prediction, prediction
+    duration = browser.find_element(By.CSS_SELECTOR, "#dirty-rate-panel [name=duration_s]")
+    duration.clear()
+    duration.send_keys("7")
+    browser.find_element(By.CSS_SELECTOR, "#dirty-rate-panel button[type=submit]").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dirty-rate-history tr:not(.empty)")) >= 3
+    )
+    assert "MiB/s" in browser.find_element(By.ID, "dirty-rate-latest").text
+    # Predict from those readings, then migrate.
+    wait.until(ec.element_to_be_clickable((By.ID, "update-prediction"))).click()
+    start = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[name=start]")))
+    prediction = browser.find_element(By.ID, "prediction").text
+    assert "Converges." in prediction and "total time" in prediction.lower(), prediction
+    assert "has not been migrated before" in prediction, prediction
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "review.png"))
+    start.click()
+    wait.until(ec.presence_of_element_located((By.ID, "progress-memory")))
+    WebDriverWait(browser, 120).until(
+        lambda d: d.find_element(By.ID, "progress-memory").get_attribute("aria-valuenow") == "100"
+    )
+    summary = WebDriverWait(browser, 60).until(ec.visibility_of_element_located((By.ID, "summary")))
+    assert "Succeeded" in summary.text
+    assert "Predicted:" in summary.text
+    time.sleep(1)  # let Bootstrap's width transition finish before the picture
+    browser.save_screenshot(str(SCREENSHOTS / "migration.png"))
+    # Compare: the finished migration's page sets predicted against actual.
+    browser.refresh()
+    table = wait.until(ec.visibility_of_element_located((By.ID, "predicted-vs-actual"))).text
+    assert "total time" in table.lower() and "converges" in table, table
     migration = Migration.objects.get(vm_name="web-shared")
     assert migration.state == "succeeded" and migration.samples.exists()
     assert migration.prediction["available"] and migration.prediction["plan"]["verdict"] == "converges"
