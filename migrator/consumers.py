@@ -61,7 +61,14 @@ class MigrationConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def migration_sample(self, event: dict) -> None:
-        await self.send_json({"type": "sample", "sample": event["sample"], "read_at": event.get("read_at")})
+        await self.send_json(
+            {
+                "type": "sample",
+                "sample": event["sample"],
+                "read_at": event.get("read_at"),
+                "convergence_warning": event.get("convergence_warning", ""),
+            }
+        )
 
     async def migration_state(self, event: dict) -> None:
         await self.send_json({"type": "state", "migration": event["migration"]})

@@ -68,6 +68,7 @@ def migration_state(migration) -> dict[str, Any]:
         "vm_location": migration.vm_location,
         "last_sample": migration.last_sample or None,
         "prediction": migration.prediction or None,
+        "convergence_warning": convergence_warning(migration),
         "url": migration.get_absolute_url(),
     }
 
@@ -82,9 +83,47 @@ def send(group: str, message: dict[str, Any]) -> None:
         log.warning("could not publish to %s", group, exc_info=True)
 
 
+CONVERGENCE_WINDOW_MS = 10_000
+CONVERGENCE_MIN_SAMPLES = 5
+
+
+def convergence_warning(migration) -> str:
+    """Plain words when pre-copy is not converging: over the last ~10 s past
+    the first full pass, the guest dirtied memory at least as fast as it was
+    sent, or the remaining data did not shrink. Empty otherwise."""
+    if not migration.is_active:
+        return ""
+    recent = list(migration.samples.filter(iteration__gte=2).order_by("-elapsed_ms", "-pk")[:100])
+    if not recent:
+        return ""
+    last = recent[0]
+    window = [s for s in recent if s.elapsed_ms >= last.elapsed_ms - CONVERGENCE_WINDOW_MS]
+    if len(window) < CONVERGENCE_MIN_SAMPLES:
+        return ""
+    first = window[-1]
+    dirty = sum(s.dirty_rate_mib_s for s in window) / len(window)
+    sent = sum(s.throughput_mib_s for s in window) / len(window)
+    not_shrinking = last.data_remaining_bytes >= first.data_remaining_bytes * 0.95
+    if dirty < sent and not not_shrinking:
+        return ""
+    return (
+        f"Not converging. The guest dirties memory at {dirty:.1f} MiB/s while {sent:.1f} MiB/s is sent"
+        + (", and the remaining data is not shrinking" if not_shrinking else "")
+        + ". You can cancel the migration now (the VM keeps running on the source); next time raise the max "
+        "downtime, enable auto-converge, raise the bandwidth limit, or set a timeout with the suspend or post-copy "
+        "action."
+    )
+
+
 def publish_sample(migration, sample: dict[str, Any], read_at: float | None = None) -> None:
     # read_at (epoch seconds) lets the benchmark measure sample→browser latency.
-    payload = {"type": "migration.sample", "id": migration.pk, "sample": sample, "read_at": read_at or time.time()}
+    payload = {
+        "type": "migration.sample",
+        "id": migration.pk,
+        "sample": sample,
+        "read_at": read_at or time.time(),
+        "convergence_warning": convergence_warning(migration),
+    }
     send(migration.group_name, payload)
     send(LIST_GROUP, payload)
 

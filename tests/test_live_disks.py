@@ -232,3 +232,42 @@ def test_it_samples_fast_until_libvirt_sized_the_job_and_records_one_setup_readi
     assert [s["time_elapsed"] for s in recorded] == [9, 381]
     assert dom.calls[-1] - started < 0.45, "the first sized reading came before a whole sampling interval"
     assert run.last_stats is recorded[-1]
+
+
+def _hot(elapsed_ms: int, remaining: int, dirty_pages: int) -> dict:
+    return {
+        "time_elapsed": elapsed_ms,
+        "memory_iteration": 3,
+        "data_total": 256 * MIB,
+        "data_remaining": remaining,
+        "memory_bps": 8 * MIB,
+        "memory_dirty_rate": dirty_pages,
+        "memory_page_size": 4096,
+    }
+
+
+@pytest.mark.django_db
+def test_the_server_says_when_pre_copy_is_not_converging():
+    from migrator.live import convergence_warning, migration_state
+
+    migration = copy_storage_migration()
+    migration.claim(1, "worker")
+    for i in range(6):  # the guest dirties 16 MiB/s while 8 MiB/s is sent, for 5 s
+        migration.progress(_hot(10_000 + 1000 * i, 100 * MIB, 4096))
+    warning = convergence_warning(migration)
+    assert warning.startswith("Not converging. The guest dirties memory at 16.0 MiB/s while 8.0 MiB/s is sent")
+    assert migration_state(migration)["convergence_warning"] == warning
+
+
+@pytest.mark.django_db
+def test_the_server_says_nothing_while_pre_copy_converges():
+    from migrator.live import convergence_warning
+
+    migration = copy_storage_migration()
+    migration.claim(1, "worker")
+    for i in range(6):
+        migration.progress(_hot(10_000 + 1000 * i, (100 - 15 * i) * MIB, 256))
+    assert convergence_warning(migration) == ""
+    migration.progress(_hot(16_000, 0, 256))
+    migration.finish({"time_elapsed": 16_000})
+    assert convergence_warning(migration) == ""

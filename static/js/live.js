@@ -168,35 +168,19 @@
       if (done && state.iterations !== null) text("stat-iteration", state.iterations);
       text("stat-downtime", s.expected_downtime_ms === null ? "—" : s.expected_downtime_ms + " ms");
       text("stat-throttle", s.throttle_pct === null ? "—" : s.throttle_pct + " %");
-      convergence();
     }
 
-    /* Not converging: over the last ~10 s, dirty rate ≥ throughput or the
-     * remaining data did not shrink, past the first full pass. */
-    function convergence() {
+    /* The server judges convergence (migrator.live.convergence_warning); the page only shows its words. */
+    function convergence(warning) {
       var box = document.getElementById("not-converging");
-      var s = samples[samples.length - 1];
-      if (!state.active || !s || s.iteration < 2) { box.classList.add("d-none"); return; }
-      var windowStart = s.elapsed_ms - 10000;
-      var win = samples.filter(function (x) { return x.elapsed_ms >= windowStart && x.iteration >= 2; });
-      if (win.length < 5) return;
-      var first = win[0];
-      var avgDirty = win.reduce(function (a, x) { return a + x.dirty_rate_mib_s; }, 0) / win.length;
-      var avgTp = win.reduce(function (a, x) { return a + x.throughput_mib_s; }, 0) / win.length;
-      var notShrinking = s.data_remaining_bytes >= first.data_remaining_bytes * 0.95;
-      if (avgDirty >= avgTp || notShrinking) {
-        box.classList.remove("d-none");
-        box.innerHTML = "<strong>Not converging.</strong> The guest dirties memory at " + avgDirty.toFixed(1) +
-          " MiB/s while " + avgTp.toFixed(1) + " MiB/s is sent" + (notShrinking ? ", and the remaining data is not shrinking" : "") +
-          ". You can cancel the migration now (the VM keeps running on the source); next time raise the max downtime, " +
-          "enable auto-converge, raise the bandwidth limit, or set a timeout with the suspend or post-copy action.";
-      } else {
-        box.classList.add("d-none");
-      }
+      if (!state.active || !warning) { box.classList.add("d-none"); return; }
+      box.textContent = warning;
+      box.classList.remove("d-none");
     }
 
     function showState(m) {
       state = m;
+      convergence(m.convergence_warning);
       var badge = document.getElementById("state-badge");
       badge.className = "badge badge-" + m.badge;
       badge.textContent = m.state_display;
@@ -236,6 +220,7 @@
 
     JSON.parse(document.getElementById("samples-data").textContent).forEach(addSample);
     redraw();
+    convergence(state.convergence_warning);
     socket("/ws/migrations/" + id + "/", {
       message: function (msg) {
         if (msg.type === "history") {
@@ -244,6 +229,7 @@
           redraw();
         } else if (msg.type === "sample") {
           if (addSample(msg.sample)) redraw();
+          convergence(msg.convergence_warning);
         } else if (msg.type === "state") {
           showState(msg.migration);
         }
