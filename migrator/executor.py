@@ -17,58 +17,18 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import connections
 
 from hosts import gateway, inventory
-from hosts.models import Host, VirtualMachine
+from hosts.models import Host
 
 from . import live
-from .models import AuditEvent, Migration, MigrationState, completed_stats, final_sample_stats
+from .audit.models import AuditEvent
+from .models import Migration, MigrationState, completed_stats, final_sample_stats
 from .parameters import MigrationParameters, disk_words
 from .prechecks import run_prechecks
 
 log = logging.getLogger(__name__)
-
-
-def queue_migration(
-    *,
-    vm: VirtualMachine,
-    destination: Host,
-    parameters: MigrationParameters | dict[str, Any],
-    report,
-    user,
-    client_address=None,
-    prediction: dict | None = None,
-) -> Migration:
-    """Create the row and enqueue its job when the transaction commits. The
-    database constraint turns a double submit into an IntegrityError."""
-    from .jobs import enqueue_migration
-
-    with transaction.atomic():
-        migration = Migration.objects.create(
-            vm=vm,
-            vm_uuid=vm.uuid,
-            vm_name=vm.name,
-            vm_memory_kib=vm.memory_kib,
-            vm_vcpus=vm.vcpus,
-            source=vm.host,
-            source_name=vm.host.name,
-            source_uri=vm.host.uri,
-            destination=destination,
-            destination_name=destination.name,
-            destination_uri=destination.uri,
-            storage_class=vm.storage_class,
-            started_by=user if getattr(user, "pk", None) else None,
-            started_by_username=getattr(user, "username", "") or "",
-            client_address=client_address,
-            parameters=MigrationParameters.from_record(parameters).as_record(),
-            precheck_report=report.as_list() if hasattr(report, "as_list") else list(report or []),
-            prediction=prediction or {},
-        )
-        migration.log("queued", f"Queued by {migration.started_by_username or 'system'}.")
-        transaction.on_commit(migration.announce)
-        transaction.on_commit(lambda: enqueue_migration(migration.pk))
-    return migration
 
 
 class Executor:

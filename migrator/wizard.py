@@ -13,10 +13,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from hosts import gateway
 from hosts.inventory import disk_verdicts
 from hosts.models import Host, VirtualMachine
-from hosts.views import audit, client_address
 
-from .executor import queue_migration
+from .audit.requests import audit, client_address
 from .forms import MigrationForm
+from .jobs import queue_migration
 from .models import Migration
 from .parameters import describe_disk_plan
 from .planning.dirtyrate import vm_dirty_rate_context

@@ -15,8 +15,9 @@ from django.urls import reverse
 from rq import SimpleWorker
 
 from hosts import gateway, inventory
-from migrator.executor import queue_migration, reconcile
+from migrator.executor import reconcile
 from migrator.forms import MigrationForm
+from migrator.jobs import queue_migration
 from migrator.models import Migration, MigrationState
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]

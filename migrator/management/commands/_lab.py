@@ -11,8 +11,9 @@ from django.core.management.base import CommandError
 from hosts import inventory
 from hosts.lab import Lab, LabError
 from hosts.models import Host
-from migrator.executor import Executor, queue_migration
+from migrator.executor import Executor
 from migrator.forms import MigrationForm
+from migrator.jobs import queue_migration
 from migrator.models import Migration
 from migrator.roles import OPERATORS
 

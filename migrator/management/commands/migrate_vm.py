@@ -12,9 +12,10 @@ from django.db import IntegrityError
 
 from hosts import gateway, inventory
 from hosts.models import Host
-from migrator.executor import queue_migration
+from migrator.audit.models import AuditEvent
 from migrator.forms import DEFAULT_MAX_DOWNTIME_MS, MigrationForm
-from migrator.models import AuditEvent, Migration, MigrationState
+from migrator.jobs import queue_migration
+from migrator.models import Migration, MigrationState
 from migrator.planning.prediction import predict_for
 from migrator.roles import OPERATORS, has_role
 
