@@ -1,4 +1,4 @@
-"""pytest fixtures for tests that need the two-host libvirt lab (hosts/lab.py).
+"""pytest fixtures for tests that need the two-host libvirt lab (hosts/lab/).
 
 Loaded from tests/conftest.py with `pytest_plugins = ["tests.lab_fixtures"]`.
 The lab is brought up once per run and left up for the next run (a warm

@@ -1,0 +1,221 @@
+"""Two real libvirt hosts on this machine (the lab), for development, tests and demos.
+
+Each host is a network namespace (network.py) in which a plain `libvirtd
+--listen` runs with libvirt's own directories bind-mounted from the lab's root
+(daemons.py). The dashboard (root namespace) reaches each daemon through its
+unix socket; peer-to-peer migrations go daemon to daemon over the veth. Guests
+(guests.py) are TCG and boot a Debian kernel with a busybox initramfs that
+dirties memory at a chosen rate (images.py). See docs/lab.md in the shared docs
+for the facts behind the choices made here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import libvirt
+
+from hosts.gateway import STATE_NAMES
+
+from . import images, network, packages
+from .daemons import Connections, Daemons
+from .guests import BOOT_TIMEOUT_S, DEMO_GUESTS, TICK_TIMEOUT_S, DiskSpec, Guests, GuestSpec, image_path
+from .layout import HOSTS, HostDef, Layout, default_root
+from .network import ROOT_VETH
+from .pki import LabPki, ensure_lab_pki
+from .status import GuestState, HostStatus, LabStatus
+from .system import LabError, cannot_run_reason
+
+if TYPE_CHECKING:
+    from hosts.models import Host
+
+__all__ = [
+    "DEMO_GUESTS",
+    "HOSTS",
+    "ROOT_VETH",
+    "DiskSpec",
+    "GuestSpec",
+    "HostDef",
+    "Lab",
+    "LabError",
+    "LabPki",
+    "LabStatus",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Lab(Layout):
+    """The lab as one object: its paths (Layout), its life (up, down, status),
+    its guests and the bridges NIC tests add."""
+
+    cannot_run_reason = staticmethod(cannot_run_reason)
+    add_bridge = staticmethod(network.add_bridge)
+    remove_bridge = staticmethod(network.remove_bridge)
+
+    def __init__(self, root: Path | None = None) -> None:
+        super().__init__(Path(root) if root else default_root())
+        self._connections = Connections(self)
+        self._daemons = Daemons(self, self._connections)
+        self._guests = Guests(self, self._connections)
+
+    @property
+    def pki(self) -> LabPki:
+        return LabPki.under(self.root)
+
+    def image_path(self, guest: str, disk: DiskSpec) -> Path:
+        return image_path(self, guest, disk)
+
+    def conn(self, host: str) -> libvirt.virConnect:
+        """A cached connection to the host's daemon (reopened when it died)."""
+        return self._connections.get(host)
+
+    # ---------------------------------------------------------- up / down / status
+
+    def up(self, start_guests: bool = True) -> LabStatus:
+        """Bring the lab up, or repair whatever part of it is missing."""
+        reason = cannot_run_reason()
+        if reason:
+            raise LabError(reason)
+        with self._locked():
+            with self._step("packages"):
+                packages.ensure_packages()
+            with self._step("guest kernel + initramfs"):
+                images.ensure_kernel(self)
+                images.ensure_initrd(self)
+            with self._step("certificates"):
+                pki_changed = ensure_lab_pki(self)
+            with self._step("network"):
+                network.ensure(stop_daemons=self._daemons.stop_all)
+            with self._step("libvirtd A and B"):
+                for key in HOSTS:
+                    self._daemons.ensure(key, restart=pki_changed)
+            with self._step("route to B's TLS port"):
+                network.ensure_root_route()
+            with self._step("warm daemons (QEMU capabilities)"):
+                self._daemons.warm()
+            with self._step("storage pools, shared dir"):
+                for key in HOSTS:
+                    self._daemons.ensure_pool(key)
+                    self._daemons.check_shared_dir(key)
+            with self._step("demo guests defined"):
+                self._guests.define_demo_guests()
+            if start_guests:
+                with self._step("demo guests booted"):
+                    self._guests.start_demo_guests()
+        return self.status()
+
+    def down(self) -> None:
+        """Stop everything the lab started and remove its namespaces and links."""
+        with self._locked():
+            with self._step("destroy guests"):
+                self._guests.stop_all()
+            with self._step("stop daemons and guest processes"):
+                self._daemons.stop_all()
+            with self._step("remove namespaces and links"):
+                network.remove()
+
+    def status(self) -> LabStatus:
+        hosts = {}
+        for key, hd in HOSTS.items():
+            alive = self._daemons.alive(key)
+            answering, guests = False, ()
+            if alive:
+                try:
+                    doms = self.conn(key).listAllDomains(0)
+                    guests = tuple(
+                        GuestState(d.name(), STATE_NAMES.get(d.state()[0], "unknown"))
+                        for d in sorted(doms, key=lambda d: d.name())
+                    )
+                    answering = True
+                except (LabError, libvirt.libvirtError):
+                    pass
+            hosts[key] = HostStatus(
+                key,
+                hd.hostname,
+                hd.address,
+                hd.netns,
+                network.netns_exists(key),
+                self._daemons.pid(key),
+                alive,
+                answering,
+                guests,
+            )
+        return LabStatus(self.root, hosts, network.root_route_exists())
+
+    # ---------------------------------------------------------- guests (see guests.Guests)
+
+    def define_guest(
+        self,
+        name: str,
+        memory_mib: int,
+        dirty_mb: int,
+        dirty_sleep: float = 1,
+        disks: Sequence[DiskSpec] = (),
+        host: str = "A",
+        interfaces: Sequence[str] = (),
+    ) -> GuestSpec:
+        return self._guests.define(name, memory_mib, dirty_mb, dirty_sleep, disks, host, interfaces)
+
+    def reset_guest(self, name: str) -> None:
+        self._guests.reset(name)
+
+    def park_guest(self, name: str) -> None:
+        self._guests.park(name)
+
+    def stop_guest(self, name: str) -> None:
+        self._guests.stop(name)
+
+    def remove_guest(self, name: str) -> None:
+        self._guests.remove(name)
+
+    def where(self, name: str) -> str | None:
+        return self._guests.where(name)
+
+    def wait_booted(self, name: str, host: str, timeout: float = BOOT_TIMEOUT_S) -> float:
+        return self._guests.wait_booted(name, host, timeout)
+
+    def wait_tick(self, name: str, host: str, timeout: float = TICK_TIMEOUT_S) -> None:
+        self._guests.wait_tick(name, host, timeout)
+
+    # ---------------------------------------------------------- Django
+
+    def register(self) -> list[Host]:
+        """Create or update the two lab hosts in the database and read their inventory."""
+        from hosts.inventory import refresh_host
+        from hosts.models import Host
+
+        hosts = []
+        for key in HOSTS:
+            host, _ = Host.objects.update_or_create(
+                name=f"lab-{key.lower()}",
+                defaults={
+                    "uri": self.uri(key),
+                    "peer_uri": self.peer_uri(key),
+                    "migration_address": self.migration_address(key),
+                    "shared_prefixes": str(self.shared_dir),
+                    "enabled": True,
+                },
+            )
+            hosts.append(refresh_host(host))
+        return hosts
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One up()/down() at a time, across processes (a test run and a shell)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lab.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
+    def _step(self, label: str) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        log.info("%-36s %6.2f s", label, time.monotonic() - start)

@@ -1,0 +1,292 @@
+"""The lab's guests: TCG domains (no usable KVM here) that boot Debian's kernel
+with the lab's initramfs and dirty memory at a chosen rate, their disks, and
+the moves tests make with them (define, park on host A, reset, remove)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import re
+import string
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from hosts.gateway import wait_for
+
+from . import images
+from .daemons import Connections
+from .layout import HOSTS, IMAGES_DIR, QEMU, SERIAL_LOG_DIR, Layout
+from .system import LabError
+
+BOOT_TIMEOUT_S = 120.0  # one TCG guest boots in 7-8 s; four share two cores
+TICK_TIMEOUT_S = 15.0  # guests print a tick every second
+GUEST_UUID_NAMESPACE = uuid.UUID("6c61622d-6775-6573-7473-000000000000")
+DOMAIN_TEMPLATE = Path(__file__).parent / "files" / "domain.xml"
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A guest disk. `shared` disks live in the lab's shared directory (both
+    hosts see them); the others in the host's own /var/lib/libvirt/images."""
+
+    target: str  # vda, vdb, ...
+    size_mib: int = 64
+    format: str = "qcow2"  # or "raw"
+    shared: bool = False
+    readonly: bool = False
+    shareable: bool = False
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """`dirty_mb` and `dirty_sleep` go on the kernel command line, where the
+    guest's /init reads them: MiB rewritten per round, seconds between rounds."""
+
+    name: str
+    memory_mib: int
+    dirty_mb: int
+    dirty_sleep: float = 1
+    disks: tuple[DiskSpec, ...] = ()
+    interfaces: tuple[str, ...] = ()  # <interface> elements, as XML
+
+
+DEMO_GUESTS: tuple[GuestSpec, ...] = (
+    GuestSpec("web-shared", 256, dirty_mb=4, disks=(DiskSpec("vda", shared=True),)),
+    GuestSpec(
+        "db-local",
+        256,
+        dirty_mb=2,
+        disks=(
+            DiskSpec("vda"),
+            DiskSpec("vdb", size_mib=16, format="raw", readonly=True),
+            DiskSpec("vdc", size_mib=16, format="raw", shared=True, shareable=True),
+        ),
+    ),
+    GuestSpec("cache-hot", 256, dirty_mb=32, dirty_sleep=1),
+    GuestSpec("idle", 128, dirty_mb=0),
+)
+
+
+def image_path(layout: Layout, guest: str, disk: DiskSpec) -> Path:
+    """The disk's path as libvirt sees it (the same on both hosts)."""
+    ext = "qcow2" if disk.format == "qcow2" else "img"
+    base = layout.shared_dir if disk.shared else Path(IMAGES_DIR)
+    return base / f"{guest}-{disk.target}.{ext}"
+
+
+def domain_xml(layout: Layout, spec: GuestSpec) -> str:
+    disks = []
+    for disk in spec.disks:
+        # Shareable disks are open on two hosts at once: no host page cache.
+        cache = " cache='none'" if disk.shareable else ""
+        flags = ("<readonly/>" if disk.readonly else "") + ("<shareable/>" if disk.shareable else "")
+        disks.append(
+            f"<disk type='file' device='disk'><driver name='qemu' type='{disk.format}'{cache}/>"
+            f"<source file='{image_path(layout, spec.name, disk)}'/><target dev='{disk.target}' bus='virtio'/>"
+            f"{flags}</disk>"
+        )
+    return string.Template(DOMAIN_TEMPLATE.read_text()).substitute(
+        name=spec.name,
+        # A fixed UUID per name: redefining keeps the same domain, and A and B agree on it.
+        uuid=uuid.uuid5(GUEST_UUID_NAMESPACE, spec.name),
+        memory_mib=spec.memory_mib,
+        kernel=layout.kernel_path,
+        initrd=layout.initrd_path,
+        cmdline=f"console=ttyS0 loglevel=4 mitigations=off dirty_mb={spec.dirty_mb} dirty_sleep={spec.dirty_sleep}",
+        emulator=QEMU,
+        devices="\n    ".join([*disks, *spec.interfaces]),
+        serial_log=f"{SERIAL_LOG_DIR}/{spec.name}-serial.log",
+    )
+
+
+class Guests:
+    def __init__(self, layout: Layout, connections: Connections) -> None:
+        self._layout = layout
+        self._connections = connections
+        self._specs: dict[str, GuestSpec] = {g.name: g for g in DEMO_GUESTS}
+
+    def define(
+        self,
+        name: str,
+        memory_mib: int,
+        dirty_mb: int,
+        dirty_sleep: float = 1,
+        disks: Sequence[DiskSpec] = (),
+        host: str = "A",
+        interfaces: Sequence[str] = (),
+    ) -> GuestSpec:
+        """Define (or redefine) a guest on `host`, creating its disk images.
+        `interfaces` are <interface> elements as XML; the default is no NIC."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise LabError(f"guest name {name!r}: use letters, digits, '-', '_' and '.'")
+        spec = GuestSpec(name, memory_mib, dirty_mb, dirty_sleep, tuple(disks), tuple(interfaces))
+        self._specs[name] = spec
+        self._define(spec, host)
+        return spec
+
+    def define_demo_guests(self) -> None:
+        """Each demo guest that neither host knows, on host A."""
+        for spec in DEMO_GUESTS:
+            if self.where(spec.name) is None:
+                self._define(spec, "A")
+
+    def start_demo_guests(self) -> None:
+        started = []
+        for spec in DEMO_GUESTS:
+            key = self.where(spec.name)
+            dom = self._lookup(key, spec.name)
+            if not dom.isActive():
+                self._layout.serial_log(spec.name, key).unlink(missing_ok=True)
+                dom.create()
+                started.append((spec.name, key))
+        for name, key in started:
+            self.wait_booted(name, key)
+
+    def reset(self, name: str) -> None:
+        """Put the guest back on host A, freshly booted (dirty loop running)."""
+        self.park(name)
+        self._layout.serial_log(name, "A").unlink(missing_ok=True)
+        self._connections.get("A").lookupByName(name).create()
+        self.wait_booted(name, "A")
+
+    def park(self, name: str) -> None:
+        """Stop the guest and leave it defined, shut off, on host A only (the
+        layout tests start from); B's copies of its local images are deleted."""
+        dom_b = self._lookup("B", name)
+        xml_b = None
+        if dom_b is not None:
+            xml_b = dom_b.XMLDesc(0)
+            if dom_b.isActive():
+                _destroy(dom_b)
+            if dom_b.isPersistent():
+                dom_b.undefine()
+            self._remove_local_copies("B", xml_b)
+        dom_a = self._lookup("A", name)
+        if dom_a is not None and dom_a.isActive():
+            _destroy(dom_a)
+        if name in self._specs:
+            self._define(self._specs[name], "A")  # also undoes XML drift (pinning, ...) left by a test
+        elif dom_a is None:
+            if xml_b is None:
+                raise LabError(f"guest {name!r} is defined on neither host; define_guest() it first")
+            self._connections.get("A").defineXML(xml_b)
+
+    def stop(self, name: str) -> None:
+        """Destroy the guest wherever it runs (its definitions stay)."""
+        for key in HOSTS:
+            dom = self._lookup(key, name)
+            if dom is not None and dom.isActive():
+                _destroy(dom)
+
+    def stop_all(self) -> None:
+        """Destroy every running guest on both hosts."""
+        doms = []
+        for key in HOSTS:
+            with contextlib.suppress(LabError, libvirt.libvirtError):  # a dead daemon's QEMUs are stopped with its host
+                doms += self._connections.get(key).listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        # Each destroy waits ~2 s for a TCG QEMU to exit: side by side they cost one wait.
+        with concurrent.futures.ThreadPoolExecutor(max(len(doms), 1)) as pool:
+            list(pool.map(_destroy, doms))
+
+    def remove(self, name: str) -> None:
+        """Destroy and undefine the guest on both hosts (a benchmark's own guests)."""
+        for key in HOSTS:
+            dom = self._lookup(key, name)
+            if dom is None:
+                continue
+            xml = dom.XMLDesc(0)
+            if dom.isActive():
+                _destroy(dom)
+            if dom.isPersistent():
+                dom.undefine()
+            if key == "B":
+                self._remove_local_copies("B", xml)
+        self._specs.pop(name, None)
+
+    def where(self, name: str) -> str | None:
+        """The host the guest runs on, else the one it is defined on, else None."""
+        found = {key: self._lookup(key, name) for key in HOSTS}
+        for key, dom in found.items():
+            if dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                return key
+        for key, dom in found.items():
+            if dom is not None and dom.isActive():
+                return key
+        return next((key for key, dom in found.items() if dom is not None), None)
+
+    def wait_booted(self, name: str, host: str, timeout: float = BOOT_TIMEOUT_S) -> float:
+        """Wait until the guest's /init runs (and its dirty loop, if any); seconds waited."""
+        log_path = self._layout.serial_log(name, host)
+        start = time.monotonic()
+
+        def booted() -> bool:
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            ready = re.search(r"GUEST-READY .*dirty_mb=(\d+)", text)
+            return bool(ready) and (ready.group(1) == "0" or "GUEST-DIRTY-START" in text)
+
+        while not booted():
+            dom = self._lookup(host, name)
+            if dom is None or not dom.isActive():
+                raise LabError(f"guest {name} is not running on host {host}; serial log: {_log_tail(log_path)}")
+            if time.monotonic() - start > timeout:
+                raise LabError(f"guest {name} did not boot on host {host} in {timeout:.0f} s: {_log_tail(log_path)}")
+            time.sleep(0.2)
+        return time.monotonic() - start
+
+    def wait_tick(self, name: str, host: str, timeout: float = TICK_TIMEOUT_S) -> None:
+        """Wait for a new `tick` line on the guest's serial console on `host`:
+        proof that the guest runs there (after a migration, for instance)."""
+        log_path = self._layout.serial_log(name, host)
+
+        def ticks() -> int:
+            return log_path.read_text(errors="replace").count("tick ") if log_path.exists() else 0
+
+        before = ticks()
+        if not wait_for(lambda: ticks() > before, timeout):
+            raise LabError(f"guest {name} printed no tick on host {host} in {timeout:.0f} s: {_log_tail(log_path)}")
+
+    def _lookup(self, key: str, name: str) -> libvirt.virDomain | None:
+        try:
+            return self._connections.get(key).lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise LabError(f"host {key}: {exc}") from exc
+
+    def _define(self, spec: GuestSpec, host: str) -> None:
+        for disk in spec.disks:
+            # Read-only images are "installed" on both hosts (like an ISO library):
+            # they are never copied by a migration, so the destination needs its own.
+            for key in HOSTS if disk.readonly and not disk.shared else (host,):
+                path = self._layout.host_path(key, image_path(self._layout, spec.name, disk))
+                images.create_disk(path, disk.format, disk.size_mib)
+        self._connections.get(host).defineXML(domain_xml(self._layout, spec))
+
+    def _remove_local_copies(self, key: str, xml: str) -> None:
+        """Delete the host's copies of a guest's non-shared, writable images."""
+        for disk in ET.fromstring(xml).iterfind("devices/disk"):
+            source = disk.find("source")
+            if source is None or source.get("file") is None or disk.find("readonly") is not None:
+                continue
+            local = self._layout.host_path(key, source.get("file"))
+            if local != Path(source.get("file")):  # below a bind mount: this host's own file
+                local.unlink(missing_ok=True)
+        with contextlib.suppress(libvirt.libvirtError):
+            self._connections.get(key).storagePoolLookupByName("default").refresh(0)
+
+
+def _destroy(dom: libvirt.virDomain) -> None:
+    with contextlib.suppress(libvirt.libvirtError):  # it may have stopped meanwhile
+        dom.destroy()
+
+
+def _log_tail(path: Path) -> str:
+    if not path.exists():
+        return "(no serial log yet)"
+    return " / ".join(path.read_text(errors="replace").strip().splitlines()[-3:])

@@ -1,0 +1,62 @@
+"""What `lab status` reports: per host its namespace, daemon and guests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class GuestState:
+    name: str
+    state: str
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    key: str
+    hostname: str
+    address: str
+    netns: str
+    netns_exists: bool
+    daemon_pid: int | None
+    daemon_alive: bool
+    answering: bool
+    guests: tuple[GuestState, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return self.netns_exists and self.daemon_alive and self.answering
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    root: Path
+    hosts: dict[str, HostStatus]
+    tls_route: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.tls_route and all(h.healthy for h in self.hosts.values())
+
+    @property
+    def down(self) -> bool:
+        return not self.tls_route and not any(h.netns_exists or h.daemon_alive for h in self.hosts.values())
+
+    def describe(self) -> str:
+        verdict = "up" if self.healthy else "down" if self.down else "half up (run `lab up` to repair)"
+        lines = [f"lab at {self.root}: {verdict}"]
+        for h in self.hosts.values():
+            daemon = "no libvirtd"
+            if h.daemon_pid is not None:
+                daemon = f"libvirtd pid {h.daemon_pid} " + (
+                    ("answering" if h.answering else "NOT answering") if h.daemon_alive else "DEAD"
+                )
+            lines.append(
+                f"  host {h.key} ({h.hostname}, {h.address}): netns {h.netns} "
+                f"{'present' if h.netns_exists else 'MISSING'}, {daemon}"
+            )
+            for g in h.guests:
+                lines.append(f"    {g.name:<12} {g.state}")
+        lines.append(f"  route from this namespace to B's TLS port: {'yes' if self.tls_route else 'no'}")
+        return "\n".join(lines)
