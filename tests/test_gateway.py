@@ -81,7 +81,7 @@ def test_it_raises_one_error_type_with_libvirts_code_domain_and_message():
 def test_it_reports_a_missing_vm_with_its_code():
     with pytest.raises(gateway.GatewayError) as caught:
         gateway.vm_info(TEST_URI, "00000000-0000-0000-0000-00000000dead")
-    assert caught.value.code == gateway.libvirt.VIR_ERR_NO_DOMAIN
+    assert caught.value.code == gateway.ErrorCode.NO_DOMAIN
     assert "not on that host" in caught.value.hint
 
 
@@ -112,7 +112,6 @@ def test_it_parses_cpu_lists():
 
 
 def test_it_builds_migrate_flags_and_typed_params():
-    lv = gateway.libvirt
     spec = gateway.MigrationSpec(
         dconnuri="qemu+tcp://b/system",
         bandwidth_mib_s=500,
@@ -126,21 +125,28 @@ def test_it_builds_migrate_flags_and_typed_params():
     )
     flags = spec.flags()
     for flag in (
-        lv.VIR_MIGRATE_LIVE,
-        lv.VIR_MIGRATE_PEER2PEER,
-        lv.VIR_MIGRATE_PERSIST_DEST,
-        lv.VIR_MIGRATE_UNDEFINE_SOURCE,
-        lv.VIR_MIGRATE_UNSAFE,
-        lv.VIR_MIGRATE_NON_SHARED_DISK,
-        lv.VIR_MIGRATE_PARALLEL,
-        lv.VIR_MIGRATE_TLS,
-        lv.VIR_MIGRATE_COMPRESSED,
+        gateway.MigrateFlag.LIVE,
+        gateway.MigrateFlag.PEER2PEER,
+        gateway.MigrateFlag.PERSIST_DEST,
+        gateway.MigrateFlag.UNDEFINE_SOURCE,
+        gateway.MigrateFlag.UNSAFE,
+        gateway.MigrateFlag.NON_SHARED_DISK,
+        gateway.MigrateFlag.PARALLEL,
+        gateway.MigrateFlag.TLS,
+        gateway.MigrateFlag.COMPRESSED,
     ):
         assert flags & flag
     # The guide's defaults: 27 + 512 (LIVE|P2P|PERSIST|UNDEFINE|UNSAFE), +131072 PARALLEL.
     assert gateway.MigrationSpec(dconnuri="x", unsafe=True).flags() == 27 + 512
     params = spec.params()
-    assert params[lv.VIR_MIGRATE_PARAM_BANDWIDTH] == 500
-    assert params[lv.VIR_MIGRATE_PARAM_MIGRATE_DISKS] == ["vda"]
-    assert params[lv.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] == 4
-    assert params[lv.VIR_MIGRATE_PARAM_COMPRESSION] == "zstd"
+    assert params[gateway.MigrateParam.BANDWIDTH] == 500
+    assert params[gateway.MigrateParam.MIGRATE_DISKS] == ["vda"]
+    assert params[gateway.MigrateParam.PARALLEL_CONNECTIONS] == 4
+    assert params[gateway.MigrateParam.COMPRESSION] == "zstd"
+
+
+def test_it_names_the_file_or_device_behind_each_disk():
+    from hosts.gateway.domain_xml import disk_files
+
+    # The network disk has neither; the empty CD-ROM has no source at all.
+    assert disk_files(DOMAIN_XML) == ["/var/lib/libvirt/images/db.qcow2", "/mnt/nfs/shared.raw", "/dev/sdb", None]

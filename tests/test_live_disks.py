@@ -6,7 +6,6 @@ import threading
 import time
 from types import SimpleNamespace
 
-import libvirt
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -214,11 +213,11 @@ class FakeDomain:
         self.calls.append(time.monotonic())
         if len(self.readings) == 1:
             self.done.set()
-        return self.readings.pop(0) if self.readings else {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        return self.readings.pop(0) if self.readings else {"type": gateway.JobType.NONE}
 
 
 def test_it_samples_fast_until_libvirt_sized_the_job_and_records_one_setup_reading(monkeypatch):
-    no_job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+    no_job = {"type": gateway.JobType.NONE}
     recorded = []
     spec = SimpleNamespace(timeout_s=None, timeout_action="", max_downtime_ms=None)
     run = gateway.MigrationRun("qemu:///fake", "uuid", spec, on_sample=recorded.append, sample_interval_s=0.5)
@@ -226,7 +225,7 @@ def test_it_samples_fast_until_libvirt_sized_the_job_and_records_one_setup_readi
         [no_job, SETUP, dict(SETUP, time_elapsed=60), dict(SETUP, time_elapsed=110), DISK_SIZED], run._done
     )
     conn = SimpleNamespace(lookupByUUIDString=lambda uuid: dom, close=lambda: None)
-    monkeypatch.setattr(gateway, "open_connection", lambda uri: conn)
+    monkeypatch.setattr("hosts.gateway.migration.open_connection", lambda uri: conn)
     started = time.monotonic()
     run._watch()
     assert [s["time_elapsed"] for s in recorded] == [9, 381]

@@ -96,9 +96,9 @@ def measure_series(
             host=vm.host,
             host_name=vm.host.name,
             series=series,
-            window_s=reading["window_s"] or window_s,
-            mode=reading["mode"],
-            dirty_rate_mib_s=reading["dirty_rate_mib_s"],
+            window_s=reading.window_s or window_s,
+            mode=reading.mode,
+            dirty_rate_mib_s=reading.dirty_rate_mib_s,
             requested_by_username=username,
         )
         live.send(group_name(vm.uuid), {"type": "dirtyrate.sample", "sample": row.as_dict()})

@@ -152,21 +152,15 @@ class Command(BaseCommand):
         lab.reset_guest(GUEST)
         conn = lab.conn("A")
         dom = conn.lookupByName(GUEST)
-        lv = gateway.libvirt
-        flags = (
-            lv.VIR_MIGRATE_LIVE
-            | lv.VIR_MIGRATE_PEER2PEER
-            | lv.VIR_MIGRATE_PERSIST_DEST
-            | lv.VIR_MIGRATE_UNDEFINE_SOURCE
-            | lv.VIR_MIGRATE_UNSAFE
+        spec = gateway.MigrationSpec(
+            dconnuri=b.effective_peer_uri,
+            migrate_uri=f"tcp://{b.migration_address}",
+            bandwidth_mib_s=bandwidth,
+            unsafe=True,
         )
-        params = {
-            lv.VIR_MIGRATE_PARAM_BANDWIDTH: bandwidth,
-            lv.VIR_MIGRATE_PARAM_URI: f"tcp://{b.migration_address}",
-        }
         dom.migrateSetMaxDowntime(500, 0)
         started = time.monotonic()
-        dom.migrateToURI3(b.effective_peer_uri, params, flags)
+        dom.migrateToURI3(spec.dconnuri, spec.params(), spec.flags())
         return time.monotonic() - started
 
 

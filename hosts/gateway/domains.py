@@ -1,0 +1,209 @@
+"""The VMs on a host: what they are (read from their XML and libvirt's
+counters), what state they are in, and the few actions the dashboard takes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import libvirt
+
+from .connections import connection
+from .constants import RUNNING_STATES, STATE_NAMES, DomainState, ErrorCode
+from .domain_xml import parse_domain_xml
+from .errors import GatewayError
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    target: str
+    device: str  # disk, cdrom, lun, floppy
+    type: str  # file, block, network, volume, dir
+    source: str
+    format: str
+    bus: str
+    capacity_bytes: int | None
+    allocation_bytes: int | None
+    shareable: bool
+    readonly: bool
+    protocol: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    type: str  # network, bridge, user, direct, ...
+    source: str  # network, bridge or host device name
+    mac: str
+    model: str
+    target: str = ""  # the host-side device while the VM runs (vnet0, macvtap0)
+    portgroup: str = ""
+    virtualport: str = ""  # openvswitch, 802.1Qbh, ...; "" for a plain Linux bridge
+    mode: str = ""  # macvtap mode of a direct NIC: vepa, bridge, private, passthrough
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    name: str
+    uuid: str
+    state: str
+    vcpus: int
+    memory_kib: int
+    persistent: bool
+    domain_type: str
+    arch: str
+    machine: str
+    emulator: str
+    disks: list[DiskInfo]
+    interfaces: list[InterfaceInfo]
+    hugepages: bool
+    cpu_xml: str
+    emulator_pin: str
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _disk_sizes(dom: libvirt.virDomain, target: str) -> tuple[int | None, int | None]:
+    try:
+        capacity, allocation, _physical = dom.blockInfo(target)
+        return int(capacity), int(allocation)
+    except libvirt.libvirtError:
+        return None, None
+
+
+def _vm_info(dom: libvirt.virDomain) -> VMInfo:
+    state, _reason = dom.state()
+    info = dom.info()  # [state, maxMem KiB, mem KiB, vcpus, cpuTime]
+    parsed = parse_domain_xml(dom.XMLDesc(0))
+    disks = []
+    for disk in parsed["disks"]:
+        capacity, allocation = (None, None)
+        if disk["source"] and disk["device"] in ("disk", "lun"):
+            capacity, allocation = _disk_sizes(dom, disk["target"])
+        disks.append(DiskInfo(capacity_bytes=capacity, allocation_bytes=allocation, **disk))
+    return VMInfo(
+        name=dom.name(),
+        uuid=dom.UUIDString(),
+        state=STATE_NAMES.get(state, "unknown"),
+        vcpus=int(info[3]),
+        memory_kib=int(info[1]),
+        persistent=bool(dom.isPersistent()),
+        domain_type=parsed["domain_type"],
+        arch=parsed["arch"],
+        machine=parsed["machine"],
+        emulator=parsed["emulator"],
+        disks=disks,
+        interfaces=[InterfaceInfo(**i) for i in parsed["interfaces"]],
+        hugepages=parsed["hugepages"],
+        cpu_xml=parsed["cpu_xml"],
+        emulator_pin=parsed["emulator_pin"],
+    )
+
+
+def list_vms(uri: str) -> list[VMInfo]:
+    with connection(uri) as conn:
+        vms = []
+        for dom in conn.listAllDomains(0):
+            try:
+                vms.append(_vm_info(dom))
+            except libvirt.libvirtError as exc:
+                # A VM that vanished between listing and reading is not an error.
+                if exc.get_error_code() != ErrorCode.NO_DOMAIN:
+                    raise
+        return sorted(vms, key=lambda vm: vm.name)
+
+
+def _lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
+    return conn.lookupByUUIDString(uuid)
+
+
+def vm_info(uri: str, uuid: str) -> VMInfo:
+    with connection(uri) as conn:
+        return _vm_info(_lookup(conn, uuid))
+
+
+def find_vm(uri: str, *, uuid: str = "", name: str = "") -> VMInfo | None:
+    """The VM with this UUID or name on the host, or None when it is not there."""
+    with connection(uri) as conn:
+        try:
+            dom = conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+                return None
+            raise
+        return _vm_info(dom)
+
+
+def vm_state(uri: str, uuid: str) -> str | None:
+    """'running', 'paused', … or None when the host does not have the VM."""
+    with connection(uri) as conn:
+        try:
+            state, _ = conn.lookupByUUIDString(uuid).state()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+                return None
+            raise
+    return STATE_NAMES.get(state, "unknown")
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+LIFECYCLE_ACTIONS = ("start", "shutdown", "reboot", "destroy")
+
+
+def vm_lifecycle(uri: str, uuid: str, action: str) -> None:
+    if action not in LIFECYCLE_ACTIONS:
+        raise GatewayError(f"Unknown action {action!r}.", uri=uri)
+    with connection(uri) as conn:
+        dom = _lookup(conn, uuid)
+        {"start": dom.create, "shutdown": dom.shutdown, "reboot": lambda: dom.reboot(0), "destroy": dom.destroy}[
+            action
+        ]()
+
+
+def resume_vm(uri: str, uuid: str) -> None:
+    with connection(uri) as conn:
+        dom = _lookup(conn, uuid)
+        if dom.state()[0] == DomainState.PAUSED:
+            dom.resume()
+
+
+def destroy_leftover(uri: str, uuid: str) -> bool:
+    """Remove a paused incoming copy left on a destination by a failed
+    migration. Returns True when one was removed. A running VM is never touched."""
+    with connection(uri) as conn:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+                return False
+            raise
+        state, _ = dom.state()
+        if state == DomainState.RUNNING:
+            return False
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent() and state != DomainState.SHUTOFF:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefine()
+        return True

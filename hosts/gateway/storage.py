@@ -1,0 +1,127 @@
+"""Disk images on a host, seen through libvirt's storage API (the dashboard
+has no shell there): whether a path exists and who uses it, creating and
+deleting images."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import libvirt
+
+from .connections import connection
+from .constants import ErrorCode
+from .domain_xml import disk_files
+from .errors import GatewayError
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    path: str
+    exists: bool
+    is_block_device: bool
+    pool: str  # the storage pool covering the directory, "" when none
+    pool_available_bytes: int | None
+    used_by: tuple[str, ...] = ()  # names of the host's VMs (running or defined) whose disk this is
+    capacity_bytes: int | None = None
+
+
+def _pool_for_dir(conn: libvirt.virConnect, directory: str) -> libvirt.virStoragePool | None:
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path", "")
+        if target.rstrip("/") == directory.rstrip("/"):
+            return pool
+    return None
+
+
+@contextlib.contextmanager
+def _dir_pool(conn: libvirt.virConnect, directory: str) -> Iterator[tuple[libvirt.virStoragePool | None, bool]]:
+    """The pool covering `directory`, else a short-lived transient one.
+    Yields (None, True) when the directory does not exist there."""
+    pool = _pool_for_dir(conn, directory)
+    if pool is not None:
+        yield pool, False
+        return
+    root = ET.Element("pool", type="dir")
+    ET.SubElement(root, "name").text = f"probe-{os.getpid()}-{threading.get_ident()}"
+    ET.SubElement(ET.SubElement(root, "target"), "path").text = directory
+    try:
+        transient = conn.storagePoolCreateXML(ET.tostring(root, encoding="unicode"), 0)
+    except libvirt.libvirtError:
+        yield None, True
+        return
+    try:
+        yield transient, True
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            transient.destroy()
+
+
+def _disk_users(conn: libvirt.virConnect, path: str) -> tuple[str, ...]:
+    users = []
+    for dom in conn.listAllDomains(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            if path in disk_files(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
+                users.append(dom.name())
+    return tuple(sorted(users))
+
+
+def path_info(uri: str, path: str) -> PathInfo:
+    """Whether `path` exists on the host and which of the host's VMs use it."""
+    directory, _, name = path.rpartition("/")
+    with connection(uri) as conn, _dir_pool(conn, directory) as (pool, transient):
+        if pool is None:
+            # No such directory on the host: the file cannot exist there.
+            return PathInfo(path, False, False, "", None)
+        pool.refresh(0)
+        capacity = None
+        try:
+            vol = pool.storageVolLookupByName(name)
+            vol_type, capacity, _allocation = vol.info()
+            exists, is_block = True, vol_type == libvirt.VIR_STORAGE_VOL_BLOCK
+        except libvirt.libvirtError:
+            exists, is_block = False, False
+        available = int(pool.info()[3])
+        users = _disk_users(conn, path) if exists else ()
+        return PathInfo(path, exists, is_block, "" if transient else pool.name(), available, users, capacity)
+
+
+def create_volume(uri: str, path: str, fmt: str, capacity_bytes: int) -> None:
+    """Create an empty image at `path` (R6: same format and virtual size as
+    the source) through the pool that covers its directory."""
+    directory, _, name = path.rpartition("/")
+    with connection(uri) as conn:
+        pool = _pool_for_dir(conn, directory)
+        if pool is None:
+            raise GatewayError(
+                f"No storage pool on the destination covers {directory}; define a 'dir' pool there "
+                f"(virsh pool-define-as images dir --target {directory}; virsh pool-start images).",
+                uri=uri,
+            )
+        root = ET.Element("volume")
+        ET.SubElement(root, "name").text = name
+        ET.SubElement(root, "capacity", unit="bytes").text = str(int(capacity_bytes))
+        ET.SubElement(ET.SubElement(root, "target"), "format", type=fmt or "raw")
+        pool.refresh(0)
+        pool.createXML(ET.tostring(root, encoding="unicode"), 0)
+
+
+def delete_volume(uri: str, path: str) -> bool:
+    """Delete the image at `path`; False when there was none."""
+    directory, _, name = path.rpartition("/")
+    with connection(uri) as conn, _dir_pool(conn, directory) as (pool, _transient):
+        if pool is None:
+            return False
+        pool.refresh(0)
+        try:
+            vol = pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_STORAGE_VOL:
+                return False
+            raise
+        vol.delete(0)
+        return True
