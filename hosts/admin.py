@@ -1,12 +1,12 @@
 """Hosts and the inventory cache in the admin, for superusers. Changes made
-here are audited like those made on the dashboard's host pages."""
+here are audited like those made on the dashboard's host pages. migrator's
+admin keeps a host that migrations use from being deleted."""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db.models import Q
+from django.contrib import admin
 
-from migrator.models import AuditEvent, Migration
+from migrator.audit.models import AuditEvent
 from migrator.roles import SuperuserOnly
 
 from .models import Host, VirtualMachine
@@ -46,24 +46,6 @@ class HostAdmin(AuditedSuperuserAdmin):
     list_filter = ("enabled",)
     search_fields = ("name", "uri")
     readonly_fields = ("info", "inventory_refreshed_at", "inventory_error", "inventory_error_code")
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        # As on the host pages: never remove a host a migration is using.
-        if obj is not None and Migration.objects.active().filter(Q(source=obj) | Q(destination=obj)).exists():
-            return False
-        return super().has_delete_permission(request, obj)
-
-    def delete_queryset(self, request, queryset) -> None:
-        in_use = set(Migration.objects.active().values_list("source_id", flat=True)) | set(
-            Migration.objects.active().values_list("destination_id", flat=True)
-        )
-        in_use.discard(None)
-        kept = [host.name for host in queryset if host.pk in in_use]
-        if kept:
-            self.message_user(
-                request, f"Kept {', '.join(kept)}: migrations in progress use them.", level=messages.WARNING
-            )
-        super().delete_queryset(request, queryset.exclude(pk__in=in_use))
 
 
 @admin.register(VirtualMachine)

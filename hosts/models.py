@@ -90,7 +90,7 @@ class Host(models.Model):
         """The URI the dashboard opens: for qemu+tls:// hosts with a client
         certificate on record, the URI carries libvirt's pkipath."""
         if self.uri.startswith("qemu+tls://"):
-            from .certstore import tls_connect_uri
+            from .certificates.pkipath import tls_connect_uri
 
             return tls_connect_uri(self)
         return self.uri
@@ -164,7 +164,3 @@ class VirtualMachine(models.Model):
     @property
     def is_shared(self) -> bool:
         return self.storage_class == StorageClass.SHARED
-
-
-# The certificate store lives in its own module; imported here so Django sees its models.
-from .certstore import Certificate, HostTLS  # noqa: E402, F401

@@ -1,17 +1,23 @@
 """The admin shows migration records and audit events read-only: nobody,
 superusers included, can add, change or delete them here. User and group
-pages are for superusers only, and their changes land in the audit log."""
+pages are for superusers only, and their changes land in the audit log. A
+host that migrations use cannot be deleted here."""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
+from django.db.models import Q
 
-from .models import AuditEvent, Migration, MigrationEvent, MigrationSample
+from hosts.admin import HostAdmin
+from hosts.models import Host
+
+from .audit.models import AuditEvent
+from .audit.signals import acting_as
+from .models import Migration, MigrationEvent, MigrationSample
 from .roles import SuperuserOnly
-from .signals import acting_as
 
 User = get_user_model()
 
@@ -75,6 +81,26 @@ class AuditEventAdmin(ReadOnlyAdmin):
     date_hierarchy = "at"
 
 
+class HostInUseAdmin(HostAdmin):
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # As on the host pages: never remove a host a migration is using.
+        if obj is not None and Migration.objects.active().filter(Q(source=obj) | Q(destination=obj)).exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        in_use = set(Migration.objects.active().values_list("source_id", flat=True)) | set(
+            Migration.objects.active().values_list("destination_id", flat=True)
+        )
+        in_use.discard(None)
+        kept = [host.name for host in queryset if host.pk in in_use]
+        if kept:
+            self.message_user(
+                request, f"Kept {', '.join(kept)}: migrations in progress use them.", level=messages.WARNING
+            )
+        super().delete_queryset(request, queryset.exclude(pk__in=in_use))
+
+
 def _acting(request):
     return acting_as(request.user, request.META.get("REMOTE_ADDR") or None)
 
@@ -103,7 +129,7 @@ class SuperuserOnlyGroupAdmin(SuperuserOnly, GroupAdmin):
     pass
 
 
-for model, model_admin in ((User, AuditedUserAdmin), (Group, SuperuserOnlyGroupAdmin)):
+for model, model_admin in ((User, AuditedUserAdmin), (Group, SuperuserOnlyGroupAdmin), (Host, HostInUseAdmin)):
     if admin.site.is_registered(model):
         admin.site.unregister(model)
     admin.site.register(model, model_admin)

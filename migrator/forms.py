@@ -226,7 +226,7 @@ class MigrationForm(forms.Form):
     def _offer_tls(self, destination: Host) -> None:
         """TLS is offered only when both hosts have valid migration certificates
         on record covering their migration addresses (R14)."""
-        from hosts.certstore import tls_readiness
+        from hosts.certificates.readiness import tls_readiness
 
         problems = [message for status, message in tls_readiness(self.source, destination) if status == "fail"]
         if problems:

@@ -18,7 +18,8 @@ from django.core.paginator import Page, Paginator
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from .models import AuditEvent, Migration, MigrationState
+from .audit.models import AuditEvent
+from .models import Migration, MigrationState
 
 PAGE_SIZE = 50
 

@@ -18,8 +18,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from hosts.models import Host
-from hosts.views import audit
 
+from .audit.models import AuditEvent
+from .audit.requests import audit
 from .history import (
     DEFAULT_SORT,
     EXPORT_COLUMN_NAMES,
@@ -34,7 +35,7 @@ from .history import (
     filter_migrations,
     paginate,
 )
-from .models import AuditEvent, Migration
+from .models import Migration
 from .roles import AUDITORS, OPERATORS, role_required
 
 # (label, sort key or None): the history table's columns, in order.

@@ -44,7 +44,9 @@ INSTALLED_APPS = [
     "channels",
     "django_rq",
     "bootstrap4",
+    "migrator.audit",
     "hosts",
+    "hosts.certificates",
     "migrator",
 ]
 

@@ -8,7 +8,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("hosts/", include("hosts.urls")),
+    path("hosts/", include("migrator.host_urls")),
     path("migrations/", include("migrator.migration_urls")),
     path("vms/<int:pk>/dirty-rate/", views.vm_dirty_rate, name="vm_dirty_rate"),
     path("admin/", admin.site.urls),

@@ -8,8 +8,8 @@ from django.views.decorators.http import require_POST
 from hosts import gateway
 from hosts.certificates.readiness import expiry_warnings
 from hosts.models import Host, VirtualMachine
-from hosts.views import audit
 
+from .audit.requests import audit
 from .live import migration_state
 from .models import Migration
 from .parameters import describe as describe_parameters

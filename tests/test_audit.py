@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from hosts.models import Host
-from migrator.models import AppendOnlyError, AuditEvent, Migration, MigrationEvent, MigrationSample
+from migrator.audit.models import AppendOnlyError, AuditEvent
+from migrator.models import Migration, MigrationEvent, MigrationSample
 from migrator.roles import AUDITORS, OPERATORS
 
 from .conftest import PASSWORD
@@ -163,16 +164,16 @@ def test_it_keeps_records_when_users_and_hosts_go(migration, users):
 # ------------------------------------------------------------------ admin
 
 MODELS = {
-    "migration": Migration,
-    "migrationevent": MigrationEvent,
-    "migrationsample": MigrationSample,
-    "auditevent": AuditEvent,
+    "migrator_migration": Migration,
+    "migrator_migrationevent": MigrationEvent,
+    "migrator_migrationsample": MigrationSample,
+    "audit_auditevent": AuditEvent,
 }
 READ_ONLY_MODELS = [
-    ("migration", lambda m: m.pk),
-    ("migrationevent", lambda m: m.events.get().pk),
-    ("migrationsample", lambda m: m.samples.get().pk),
-    ("auditevent", lambda m: AuditEvent.record("test.event", obj=m).pk),
+    ("migrator_migration", lambda m: m.pk),
+    ("migrator_migrationevent", lambda m: m.events.get().pk),
+    ("migrator_migrationsample", lambda m: m.samples.get().pk),
+    ("audit_auditevent", lambda m: AuditEvent.record("test.event", obj=m).pk),
 ]
 
 
@@ -180,19 +181,19 @@ READ_ONLY_MODELS = [
 def test_it_shows_records_read_only_in_the_admin_even_to_superusers(login, migration, model, pk_of):
     client = login("admin")
     pk = pk_of(migration)
-    changelist = client.get(reverse(f"admin:migrator_{model}_changelist"))
+    changelist = client.get(reverse(f"admin:{model}_changelist"))
     assert changelist.status_code == 200
     assert b"delete_selected" not in changelist.content
-    view = client.get(reverse(f"admin:migrator_{model}_change", args=[pk]))
+    view = client.get(reverse(f"admin:{model}_change", args=[pk]))
     assert view.status_code == 200
     assert b'name="_save"' not in view.content
-    assert client.get(reverse(f"admin:migrator_{model}_add")).status_code == 403
-    assert client.post(reverse(f"admin:migrator_{model}_add"), {}).status_code == 403
-    assert client.post(reverse(f"admin:migrator_{model}_change", args=[pk]), {"state": "x"}).status_code == 403
-    assert client.get(reverse(f"admin:migrator_{model}_delete", args=[pk])).status_code == 403
-    assert client.post(reverse(f"admin:migrator_{model}_delete", args=[pk]), {"post": "yes"}).status_code == 403
+    assert client.get(reverse(f"admin:{model}_add")).status_code == 403
+    assert client.post(reverse(f"admin:{model}_add"), {}).status_code == 403
+    assert client.post(reverse(f"admin:{model}_change", args=[pk]), {"state": "x"}).status_code == 403
+    assert client.get(reverse(f"admin:{model}_delete", args=[pk])).status_code == 403
+    assert client.post(reverse(f"admin:{model}_delete", args=[pk]), {"post": "yes"}).status_code == 403
     client.post(
-        reverse(f"admin:migrator_{model}_changelist"),
+        reverse(f"admin:{model}_changelist"),
         {"action": "delete_selected", "_selected_action": [pk], "post": "yes"},
     )
     assert MODELS[model].objects.filter(pk=pk).exists()

@@ -1,4 +1,4 @@
-"""Tests for hosts/certificates.py: upload validation and encryption at rest.
+"""Tests for the certificate checks (hosts/certificates/: pem, policy, chain) and encryption at rest.
 
 Pure tests (no Django, no database).  A throw-away PKI is generated once per
 module with ``cryptography``; EC P-256 keys are used wherever the key type does
@@ -18,19 +18,16 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
-from hosts.certificates import (
-    DEFAULT_MAX_BYTES,
-    CertificateInfo,
-    CertificateProblem,
-    ValidatedUpload,
+from hosts.certificates.errors import CertificateProblem
+from hosts.certificates.info import CertificateInfo, parse_certificate
+from hosts.certificates.pem import DEFAULT_MAX_BYTES, load_private_key
+from hosts.certificates.policy import ValidatedUpload, validate_upload
+from hosts.certificates.secrets import (
     decrypt_secret,
     encrypt_secret,
     generate_key,
     load_or_create_key_file,
-    load_private_key,
-    parse_certificate,
     rotate_secret,
-    validate_upload,
 )
 from tests import pki as pki_lib
 from tests.pki import CA_KU, CLIENT_EKU, DAY, LEAF_KU, SERVER_EKU, UTC, Issued, ec_key, name
@@ -730,6 +727,35 @@ def test_it_warns_when_the_ca_expires_before_the_leaf(pki: PKI) -> None:
     leaf = make_cert("dashboard", issuer=short_ca, ku=LEAF_KU, eku=CLIENT_EKU)
     result = validate("client", leaf.pem, key_pem=leaf.key_pem(), ca_pem=short_ca.pem)
     assert any("The CA certificate expires on" in w for w in result.warnings)
+
+
+def test_it_allows_small_clock_skew_on_the_selected_ca(pki: PKI) -> None:
+    fresh_ca = make_cert("Fresh CA", ca=True, ku=CA_KU, not_before=NOW + dt.timedelta(minutes=2))
+    leaf = make_cert("dashboard", issuer=fresh_ca, ku=LEAF_KU, eku=CLIENT_EKU)
+    validate("client", leaf.pem, key_pem=leaf.key_pem(), ca_pem=fresh_ca.pem)
+    later_ca = make_cert("Later CA", ca=True, ku=CA_KU, not_before=NOW + dt.timedelta(minutes=10))
+    leaf = make_cert("dashboard", issuer=later_ca, ku=LEAF_KU, eku=CLIENT_EKU)
+    assert problem(validate, "client", leaf.pem, key_pem=leaf.key_pem(), ca_pem=later_ca.pem).code == "ca_not_yet_valid"
+
+
+def test_it_reports_a_refusal_no_rule_explains_with_the_verifiers_reason(pki: PKI) -> None:
+    # SHA-224 is outside the CA/B Forum's signature algorithms.
+    leaf = make_cert("dashboard", issuer=pki.ca, ku=LEAF_KU, eku=CLIENT_EKU, hash_alg=hashes.SHA224())
+    exc = problem(validate, "client", leaf.pem, key_pem=leaf.key_pem(), ca_pem=pki.ca.pem)
+    assert (exc.code, exc.field) == ("verification_failed", "cert")
+    assert exc.message.startswith(
+        "This client certificate does not verify against the selected CA 'CN=Migration Lab CA,O=Migration Lab' ("
+    )
+    assert "AlgorithmIdentifier" not in exc.message and "encountered processing" not in exc.message
+
+
+def test_it_checks_a_chain_from_an_eddsa_ca_by_hand() -> None:
+    # The verifier refuses Ed25519 issuers; GnuTLS does not.
+    ed_ca = make_cert("Ed CA", ca=True, ku=CA_KU, key=ed25519.Ed25519PrivateKey.generate())
+    leaf = make_cert("dashboard", issuer=ed_ca, ku=LEAF_KU, eku=CLIENT_EKU)
+    validate("client", leaf.pem, key_pem=leaf.key_pem(), ca_pem=ed_ca.pem)
+    impostor = make_cert("Ed CA", ca=True, ku=CA_KU, key=ed25519.Ed25519PrivateKey.generate())
+    assert problem(validate, "client", leaf.pem, key_pem=leaf.key_pem(), ca_pem=impostor.pem).code == "bad_signature"
 
 
 # --------------------------------------------------------------------------

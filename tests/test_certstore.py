@@ -17,11 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from hosts import certstore, inventory
-from hosts.certificates import CertificateProblem
-from hosts.certstore import Certificate, HostTLS
+from hosts import inventory
+from hosts.certificates import readiness
+from hosts.certificates import store as certstore
+from hosts.certificates.errors import CertificateProblem
+from hosts.certificates.models import Certificate, HostTLS
 from hosts.models import Host
-from migrator.models import AuditEvent
+from migrator.audit.models import AuditEvent
 from tests import pki
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -447,21 +449,21 @@ def test_it_passes_tls_readiness_when_both_hosts_have_good_certificates(certs, h
     store("server", certs["server_a"], ca=lab_ca, host=hosts["a"])
     store("server", certs["server_b"], ca=lab_ca, host=hosts["b"])
 
-    findings = certstore.tls_readiness(hosts["a"], hosts["b"])
+    findings = readiness.tls_readiness(hosts["a"], hosts["b"])
 
     assert [status for status, _ in findings] == ["pass", "pass", "pass"]
     assert "covers 10.0.0.1" in findings[0][1] and "covers 10.0.0.2" in findings[1][1]
-    assert certstore.tls_available(hosts["a"], hosts["b"])
+    assert readiness.tls_available(hosts["a"], hosts["b"])
 
 
 def test_it_fails_tls_readiness_without_a_certificate(certs, hosts, lab_ca):
     store("server", certs["server_a"], ca=lab_ca, host=hosts["a"])
 
-    findings = certstore.tls_readiness(hosts["a"], hosts["b"])
+    findings = readiness.tls_readiness(hosts["a"], hosts["b"])
 
     fails = [message for status, message in findings if status == "fail"]
     assert len(fails) == 1 and "No migration certificate is on record for host-b" in fails[0]
-    assert not certstore.tls_available(hosts["a"], hosts["b"])
+    assert not readiness.tls_available(hosts["a"], hosts["b"])
 
 
 def test_it_fails_tls_readiness_for_an_expired_certificate(hosts, lab_ca, certs):
@@ -470,7 +472,7 @@ def test_it_fails_tls_readiness_for_an_expired_certificate(hosts, lab_ca, certs)
     store("server", certs["server_a"], ca=lab_ca, host=hosts["a"])
     store("server", expired, ca=lab_ca, host=hosts["b"], now=NOW - 10 * DAY)
 
-    findings = certstore.tls_readiness(hosts["a"], hosts["b"])
+    findings = readiness.tls_readiness(hosts["a"], hosts["b"])
 
     fails = [message for status, message in findings if status == "fail"]
     assert len(fails) == 1
@@ -483,7 +485,7 @@ def test_it_fails_tls_readiness_when_the_address_is_not_covered(certs, hosts, la
     Host.objects.filter(pk=hosts["b"].pk).update(migration_address="10.0.0.77")
     hosts["b"].refresh_from_db()
 
-    findings = certstore.tls_readiness(hosts["a"], hosts["b"])
+    findings = readiness.tls_readiness(hosts["a"], hosts["b"])
 
     fails = [message for status, message in findings if status == "fail"]
     assert len(fails) == 1 and "does not cover 10.0.0.77" in fails[0]
@@ -494,7 +496,7 @@ def test_it_fails_tls_readiness_for_certificates_from_different_cas(certs, hosts
     store("server", certs["server_a"], ca=lab_ca, host=hosts["a"])
     store("server", certs["server_b_other_ca"], ca=other_ca, host=hosts["b"])
 
-    findings = certstore.tls_readiness(hosts["a"], hosts["b"])
+    findings = readiness.tls_readiness(hosts["a"], hosts["b"])
 
     assert findings[-1][0] == "fail"
     assert "issued by the CA 'Lab CA'" in findings[-1][1] and "'Other CA'" in findings[-1][1]
@@ -505,11 +507,11 @@ def test_it_warns_in_tls_readiness_when_a_certificate_expires_soon(certs, hosts,
     store("server", certs["server_a"], ca=lab_ca, host=hosts["a"])
     store("server", soon, ca=lab_ca, host=hosts["b"])
 
-    findings = certstore.tls_readiness(hosts["a"], hosts["b"], now=NOW)
+    findings = readiness.tls_readiness(hosts["a"], hosts["b"], now=NOW)
 
     warns = [message for status, message in findings if status == "warn"]
     assert len(warns) == 1 and "expires in 20 days" in warns[0]
-    assert certstore.tls_available(hosts["a"], hosts["b"])
+    assert readiness.tls_available(hosts["a"], hosts["b"])
 
 
 # ------------------------------------------------------------------ expiry warnings
@@ -525,7 +527,7 @@ def test_it_warns_of_expiry_at_30_and_7_days(certs, hosts, lab_ca):
     in_7 = client_until("in-7-days", 7)
     certstore.assign_host_tls(hosts["b"], lab_ca, in_7)
 
-    warnings = certstore.expiry_warnings(now=NOW)
+    warnings = readiness.expiry_warnings(now=NOW)
 
     assert [(w.certificate, w.days_left, w.level) for w in warnings] == [(in_7, 7, "danger"), (in_30, 30, "warning")]
     assert "'in-7-days' expires in 7 days" in warnings[0].message and "it serves host-b" in warnings[0].message
@@ -536,7 +538,7 @@ def test_it_warns_of_expired_certificates_on_the_home_page(login, certs, hosts, 
     expired = pki.make_server(certs["ca"], "10.0.0.2", cn="host-b", not_before=NOW - 400 * DAY, not_after=NOW - 3 * DAY)
     store("server", expired, ca=lab_ca, host=hosts["b"], now=NOW - 10 * DAY)
 
-    (warning,) = certstore.expiry_warnings()
+    (warning,) = readiness.expiry_warnings()
     assert warning.days_left < 0 and "expired 3 days ago" in warning.message and "serves host-b" in warning.message
 
     page = login("operator").get(reverse("home")).content.decode().replace("&#x27;", "'")

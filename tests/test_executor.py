@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from hosts import gateway
+from migrator.audit.models import AuditEvent
 from migrator.executor import Executor
-from migrator.models import AuditEvent, MigrationState
+from migrator.models import MigrationState
 
 from .test_migration_model import make_migration
 

@@ -13,8 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from hosts.models import Host
+from migrator.audit.models import AuditEvent
 from migrator.history import EXPORT_COLUMN_NAMES, PAGE_SIZE, HistoryFilterForm, filter_migrations
-from migrator.models import AuditEvent, Migration
+from migrator.models import Migration
 
 NOW = timezone.now()
 

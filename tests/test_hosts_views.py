@@ -1,7 +1,8 @@
 from django.urls import reverse
 
 from hosts.models import Host
-from migrator.models import AuditEvent, Migration
+from migrator.audit.models import AuditEvent
+from migrator.models import Migration
 
 from .test_migration_model import make_migration
 

@@ -1,7 +1,8 @@
 import pytest
 from django.db import IntegrityError, transaction
 
-from migrator.models import AuditEvent, Migration, MigrationSample, MigrationState
+from migrator.audit.models import AuditEvent
+from migrator.models import Migration, MigrationSample, MigrationState
 
 
 def make_migration(**fields) -> Migration:

@@ -14,8 +14,9 @@ from django.urls import reverse
 
 from hosts import gateway, inventory
 from hosts.lab import DiskSpec
+from migrator.audit.models import AuditEvent
 from migrator.forms import MigrationForm
-from migrator.models import AuditEvent, Migration, MigrationState
+from migrator.models import Migration, MigrationState
 
 from .test_migration_lab import form_for, migrate, queue_it, report, work
 

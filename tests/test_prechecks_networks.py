@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from hosts import gateway
-from migrator.prechecks import FAIL, PASS, WARN, Report, _check_networks
+from migrator.prechecks import FAIL, PASS, WARN, Report
+from migrator.prechecks.network import _check_networks
 
 SOURCE, DESTINATION = SimpleNamespace(name="lab-a"), SimpleNamespace(name="lab-b")
 

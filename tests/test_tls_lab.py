@@ -18,10 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from hosts import certstore, inventory
-from hosts.certstore import Certificate, HostTLS
+from hosts import inventory
+from hosts.certificates import readiness, store
+from hosts.certificates.models import Certificate, HostTLS
 from hosts.models import Host
-from migrator.models import AuditEvent, MigrationState
+from migrator.audit.models import AuditEvent
+from migrator.models import MigrationState
 from tests import pki
 from tests.test_migration_lab import form_for, migrate, queue_it, report, work
 
@@ -101,9 +103,9 @@ def test_it_refuses_the_expired_lab_client_certificate(lab, login, tls_b):
 
 def test_it_reports_a_client_certificate_that_expired_after_upload(lab, users, tls_b):
     """Uploaded while it was still valid: libvirt now refuses it, and the host says why."""
-    ca = certstore.store_upload("ca", lab.pki.ca_cert.read_bytes())
+    ca = store.store_upload("ca", lab.pki.ca_cert.read_bytes())
     expired = x509.load_pem_x509_certificate(lab.pki.expired_client_cert.read_bytes())
-    certstore.store_upload(
+    store.store_upload(
         "client",
         lab.pki.expired_client_cert.read_bytes(),
         lab.pki.expired_client_key.read_bytes(),
@@ -119,7 +121,7 @@ def test_it_reports_a_client_certificate_that_expired_after_upload(lab, users, t
 
     assert host.inventory_refreshed_at is None
     assert "client certificate" in host.inventory_error and "has expired" in host.inventory_error
-    assert [w.certificate.kind for w in certstore.expiry_warnings()] == ["client"]
+    assert [w.certificate.kind for w in readiness.expiry_warnings()] == ["client"]
 
 
 def test_it_refuses_a_client_certificate_from_another_ca(lab, login, tls_b):
@@ -157,13 +159,13 @@ def test_it_refuses_a_client_certificate_from_another_ca(lab, login, tls_b):
 def migration_certs(lab, lab_hosts, users) -> dict[str, Certificate]:
     """The lab CA and both hosts' migration certificates on record."""
     a, b = lab_hosts
-    ca = certstore.store_upload("ca", lab.pki.ca_cert.read_bytes(), user=users["security"], name="lab CA")
+    ca = store.store_upload("ca", lab.pki.ca_cert.read_bytes(), user=users["security"], name="lab CA")
     return {
         "ca": ca,
-        "A": certstore.store_upload(
+        "A": store.store_upload(
             "server", (lab.tls_dir("A") / "server-cert.pem").read_bytes(), ca=ca, host=a, user=users["security"]
         ),
-        "B": certstore.store_upload(
+        "B": store.store_upload(
             "server", (lab.tls_dir("B") / "server-cert.pem").read_bytes(), ca=ca, host=b, user=users["security"]
         ),
     }

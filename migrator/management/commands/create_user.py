@@ -2,7 +2,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from migrator.models import AuditEvent
+from migrator.audit.models import AuditEvent
 from migrator.roles import ALL_ROLES
 
 ROLE_ALIASES = {

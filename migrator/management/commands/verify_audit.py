@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from migrator.models import AuditEvent
+from migrator.audit.models import AuditEvent
 
 
 def first_broken_link() -> tuple[int, str | None]:

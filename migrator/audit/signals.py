@@ -19,8 +19,10 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
+from migrator.roles import ALL_ROLES
+
 from .models import AuditEvent
-from .roles import ALL_ROLES
+from .requests import client_address
 
 User = get_user_model()
 
@@ -44,12 +46,6 @@ def _record(action: str, **kwargs: Any) -> AuditEvent:
     return AuditEvent.record(action, **kwargs)
 
 
-def _address(request) -> str | None:
-    if request is None:
-        return None
-    return request.META.get("REMOTE_ADDR") or None
-
-
 @receiver(user_login_failed, dispatch_uid="audit_login_failed")
 def login_failed(sender, credentials: dict, request=None, **kwargs) -> None:
     username = str(credentials.get(User.USERNAME_FIELD) or credentials.get("username") or "")[:150]
@@ -59,13 +55,13 @@ def login_failed(sender, credentials: dict, request=None, **kwargs) -> None:
         obj=user,
         object_repr=username,
         details={"username": username},
-        client_address=_address(request),
+        client_address=client_address(request),
     )
 
 
 @receiver(user_logged_in, dispatch_uid="audit_logged_in")
 def logged_in(sender, request, user, **kwargs) -> None:
-    AuditEvent.record("auth.login", actor=user, obj=user, client_address=_address(request))
+    AuditEvent.record("auth.login", actor=user, obj=user, client_address=client_address(request))
 
 
 # ------------------------------------------------------------- superusers

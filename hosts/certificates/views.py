@@ -6,15 +6,20 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from migrator.models import AuditEvent
+from hosts.models import Host
+from migrator.audit.models import AuditEvent
+from migrator.audit.requests import client_address
 from migrator.roles import SECURITY_ADMINS, role_required
 
-from . import certstore
-from .cert_forms import CertificateUploadForm, HostTLSForm
-from .certificates import CertificateProblem
-from .certstore import Certificate, CertificateKind, HostTLS
-from .models import Host
-from .views import client_address
+from . import store
+from .errors import CertificateProblem
+from .forms import CertificateUploadForm, HostTLSForm
+from .models import Certificate, CertificateKind, HostTLS
+from .readiness import expiry_warnings
+
+# Audit events written before the certificates became an app of their own name
+# the model by its old label; the audit log is append-only, so they keep it.
+_AUDITED_AS = (Certificate._meta.label_lower, "hosts.certificate")
 
 
 @role_required(SECURITY_ADMINS)
@@ -27,8 +32,8 @@ def certificate_list(request):
     hosts = [(host, material.get(host.pk), server.get(host.pk)) for host in Host.objects.all()]
     return render(
         request,
-        "hosts/certificates.html",
-        {"rows": rows, "retired": retired, "hosts": hosts, "warnings": certstore.expiry_warnings()},
+        "certificates/list.html",
+        {"rows": rows, "retired": retired, "hosts": hosts, "warnings": expiry_warnings()},
     )
 
 
@@ -47,13 +52,13 @@ def certificate_upload(request):
             for warning in cert.warnings:
                 messages.warning(request, warning)
             return redirect(cert)
-    return render(request, "hosts/certificate_upload.html", {"form": form})
+    return render(request, "certificates/upload.html", {"form": form})
 
 
 @role_required(SECURITY_ADMINS)
 def certificate_detail(request, pk: int):
     cert = get_object_or_404(Certificate.objects.select_related("ca", "host", "replaces"), pk=pk)
-    events = AuditEvent.objects.filter(object_type=Certificate._meta.label_lower, object_id=str(cert.pk))
+    events = AuditEvent.objects.filter(object_type__in=_AUDITED_AS, object_id=str(cert.pk))
     context = {
         "cert": cert,
         "served": cert.served_hosts(),
@@ -61,7 +66,7 @@ def certificate_detail(request, pk: int):
         "issued": cert.issued.filter(active=True) if cert.kind == CertificateKind.CA else [],
         "events": events[:50],
     }
-    return render(request, "hosts/certificate_detail.html", context)
+    return render(request, "certificates/detail.html", context)
 
 
 @require_POST
@@ -69,7 +74,7 @@ def certificate_detail(request, pk: int):
 def certificate_remove(request, pk: int):
     cert = get_object_or_404(Certificate, pk=pk)
     try:
-        certstore.remove_certificate(cert, user=request.user, client_address=client_address(request))
+        store.remove_certificate(cert, user=request.user, client_address=client_address(request))
     except CertificateProblem as problem:
         messages.error(request, problem.message)
         return redirect(cert)

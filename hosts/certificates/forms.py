@@ -1,26 +1,24 @@
 """Forms for the certificate store: uploads and a host's TLS assignment.
 
-All the checking of the material itself happens in ``certstore.prepare_upload``
-(and ``hosts/certificates.py`` below it); the forms turn its CertificateProblem
-into an error on the field it belongs to.
+All the checking of the material itself happens in ``store.prepare_upload``
+(and ``policy`` below it); the forms turn its CertificateProblem into an error
+on the field it belongs to.
 """
 
 from __future__ import annotations
 
 from django import forms
 
-from . import certstore
-from .certificates import CertificateProblem
-from .certstore import Certificate, CertificateKind
-from .models import Host
+from hosts.models import Host
 
-# CertificateProblem.field -> form field (certificates.py says "addresses" for
-# the host's addresses, which come from the chosen host here).
+from . import store
+from .errors import CertificateProblem
+from .models import Certificate, CertificateKind, HostTLS
+from .pem import check_size
+
+# CertificateProblem.field -> form field (policy says "addresses" for the
+# host's addresses, which come from the chosen host here).
 PROBLEM_FIELDS = {"addresses": "host"}
-
-
-def _human_size(n: int) -> str:
-    return f"{n} bytes" if n < 1024 else f"{n / 1024:.0f} KB"
 
 
 class CertificateChoiceField(forms.ModelChoiceField):
@@ -88,21 +86,17 @@ class CertificateUploadForm(ProblemFormMixin, forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["ca"].queryset = Certificate.objects.cas()
         self.fields["replaces"].queryset = Certificate.objects.active().exclude(kind=CertificateKind.SERVER)
-        self.prepared: certstore.PreparedUpload | None = None
+        self.prepared: store.PreparedUpload | None = None
 
     def _read(self, name: str, what: str) -> bytes | None:
         upload = self.cleaned_data.get(name)
         if not upload:
             return None
-        limit = certstore.max_upload_bytes()
-        if upload.size > limit:
+        try:
             # Checked on the size Django reports, before reading a byte of it.
-            self.add_error(
-                name,
-                f"The {what} file is {_human_size(upload.size)}, which is over the {_human_size(limit)} limit. "
-                "Certificates and keys are only a few KB; check that you picked the right file (a single PEM "
-                "certificate or key, not an archive or a whole certificate store).",
-            )
+            check_size(upload.size, what, name, store.max_upload_bytes())
+        except CertificateProblem as problem:
+            self.add_problem(problem)
             return None
         upload.seek(0)
         return upload.read()
@@ -116,7 +110,7 @@ class CertificateUploadForm(ProblemFormMixin, forms.Form):
         if self.errors:
             return cleaned
         try:
-            self.prepared = certstore.prepare_upload(
+            self.prepared = store.prepare_upload(
                 cleaned["kind"],
                 cert_pem,
                 key_pem,
@@ -134,7 +128,7 @@ class CertificateUploadForm(ProblemFormMixin, forms.Form):
     def save(self, *, user, client_address: str | None = None) -> Certificate:
         """Raises CertificateProblem when the upload lost a race (the caller adds it to the form)."""
         assert self.prepared is not None, "save() after is_valid()"
-        return certstore.save_upload(self.prepared, user=user, client_address=client_address)
+        return store.save_upload(self.prepared, user=user, client_address=client_address)
 
 
 class HostTLSForm(ProblemFormMixin, forms.Form):
@@ -154,7 +148,7 @@ class HostTLSForm(ProblemFormMixin, forms.Form):
 
     def __init__(self, *args, host: Host, **kwargs) -> None:
         self.host = host
-        current = certstore.HostTLS.objects.filter(host=host).first()
+        current = HostTLS.objects.filter(host=host).first()
         if current is not None:
             kwargs.setdefault("initial", {"ca": current.ca_id, "client": current.client_id})
         super().__init__(*args, **kwargs)
@@ -180,7 +174,7 @@ class HostTLSForm(ProblemFormMixin, forms.Form):
         return cleaned
 
     def save(self, *, user, client_address: str | None = None):
-        return certstore.assign_host_tls(
+        return store.assign_host_tls(
             self.host,
             self.cleaned_data.get("ca"),
             self.cleaned_data.get("client"),

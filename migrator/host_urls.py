@@ -1,0 +1,16 @@
+"""The `hosts` URL namespace: the pages of the hosts app, and the host and VM
+pages that show migrations, which migrator serves since hosts never imports
+the migration records."""
+
+from django.urls import include, path
+
+from . import host_pages
+
+app_name = "hosts"
+urlpatterns = [
+    path("", include("hosts.urls")),
+    path("<int:pk>/", host_pages.host_detail, name="detail"),
+    path("<int:pk>/remove/", host_pages.host_remove, name="remove"),
+    path("vms/<int:pk>/", host_pages.vm_detail, name="vm"),
+    path("vms/<int:pk>/action/", host_pages.vm_action, name="vm_action"),
+]

@@ -1,0 +1,190 @@
+"""The health check before migrating: one report, each line pass, warn or
+fail with a reason in plain words (R1–R7, R14, R16).
+
+The wizard shows it per destination and on the review step; the job runs it
+again just before it migrates, because hosts change in between. Host-level
+checks live here; the NICs and the disks have modules of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hosts import gateway
+from hosts.certificates.readiness import tls_readiness
+from hosts.models import Host, VirtualMachine
+
+from ..models import Migration
+from ..parameters import MigrationParameters
+from .network import _check_networks
+from .report import FAIL, PASS, WARN, Check, Facts, Report, _read
+from .storage import _check_storage, chosen_disks
+
+__all__ = ["FAIL", "PASS", "WARN", "Check", "Report", "chosen_disks", "run_prechecks"]
+
+
+def run_prechecks(
+    vm: VirtualMachine,
+    source: Host,
+    destination: Host,
+    params: MigrationParameters | dict[str, Any] | None = None,
+    *,
+    exclude_migration: int | None = None,
+) -> Report:
+    """Every check for `vm` moving to `destination` under `params`; without
+    parameters the disks are judged as if nothing were copied."""
+    judge_disk_plan = params is not None
+    params = MigrationParameters.from_record(params) if judge_disk_plan else MigrationParameters(create_images=False)
+    report = Report()
+    vm_dict = {**vm.details, "domain_type": vm.domain_type}
+
+    # R2: one migration at a time, of a running VM.
+    active = Migration.objects.active().for_vm(vm.uuid)
+    if exclude_migration:
+        active = active.exclude(pk=exclude_migration)
+    active = active.first()
+    if active:
+        report.add("not migrating", FAIL, f"{vm.name} is already being migrated (migration #{active.pk}).", "R2")
+    else:
+        report.add("not migrating", PASS, "no other migration of this VM is in progress", "R2")
+
+    if destination.pk == source.pk:
+        report.add("destination", FAIL, "The destination is the source host; choose another host.")
+        return report
+
+    facts = Facts()
+    facts.source_info, facts.source_error = _read(lambda: gateway.host_info(source.connect_uri))
+    state, state_error = _read(lambda: gateway.vm_state(source.connect_uri, vm.uuid))
+    if facts.source_error or state_error:
+        error = facts.source_error or state_error
+        report.add("source reachable", FAIL, f"{source.name} does not answer: {error.message}", "R1")
+    elif state is None:
+        report.add("VM running", FAIL, f"{vm.name} is no longer on {source.name}; refresh the inventory.", "R2")
+    elif state not in gateway.RUNNING_STATES:
+        report.add("VM running", FAIL, f"{vm.name} is {state}; only running VMs are live-migrated.", "R2")
+    else:
+        report.add("VM running", PASS, f"{vm.name} is running on {source.name}", "R2")
+
+    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(destination.connect_uri))
+    if facts.dest_error:
+        report.add(
+            "destination reachable",
+            FAIL,
+            f"{destination.name} does not answer: {facts.dest_error.message} {facts.dest_error.hint}".strip(),
+            "R1",
+        )
+        return report
+    report.add(
+        "destination reachable",
+        PASS,
+        f"{destination.name} answers (libvirt {facts.dest_info.libvirt_version}); the source's own path to it "
+        "is tested when the migration connects",
+        "R1",
+    )
+    src, dst = facts.source_info, facts.dest_info
+    if src is None:
+        return report
+
+    # Drivers without a host UUID (the test driver) are told apart by hostname.
+    if (src.host_uuid or src.hostname) == (dst.host_uuid or dst.hostname) and source.uri == destination.uri:
+        report.add("distinct hosts", FAIL, "Source and destination are the same libvirt host; choose another host.")
+    elif src.host_uuid and src.host_uuid == dst.host_uuid:
+        report.add(
+            "distinct hosts",
+            FAIL,
+            f"Both hosts report host UUID {src.host_uuid}: they are the same machine, or one is a clone "
+            "with a copied host_uuid in libvirtd.conf. Give each host its own UUID.",
+        )
+    else:
+        report.add("distinct hosts", PASS, "source and destination are different hosts")
+
+    _check_cpu(report, vm, vm_dict, destination, src, dst)
+    _check_capacity(report, vm, destination, dst)
+    _check_networks(report, vm, source, destination, src, dst)
+    _check_name_free(report, vm, destination)
+    _check_storage(report, vm, source, destination, params, judge_disk_plan)
+    _check_tls(report, source, destination, params)
+    if vm.details.get("hugepages"):
+        report.add(
+            "hugepages",
+            PASS,
+            "the VM uses hugepages; hosts whose kernel has KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE "
+            "(Linux 5.8 and newer with KVM) migrate it with less overhead",
+            "R16",
+        )
+    if params.unsafe:
+        report.add(
+            "unsafe",
+            WARN,
+            "'Unsafe' skips libvirt's safety checks on disk caching; use it only for shared storage "
+            "that libvirt cannot recognise as safe.",
+            "R12",
+        )
+    return report
+
+
+def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
+    if (src.cpu_vendor, src.cpu_model, src.arch) != (dst.cpu_vendor, dst.cpu_model, dst.arch):
+        report.add(
+            "CPU model",
+            FAIL,
+            f"Only homogeneous migration is supported: source CPU is {src.cpu_vendor} {src.cpu_model} "
+            f"({src.arch}), destination is {dst.cpu_vendor} {dst.cpu_model} ({dst.arch}).",
+            "R3",
+        )
+        return
+    ok, message = _read(lambda: gateway.compare_guest_cpu(destination.connect_uri, vm_dict))
+    if message is not None:
+        report.add("CPU model", FAIL, f"Could not compare CPUs on {destination.name}: {message.message}", "R3")
+    elif not ok[0]:
+        report.add("CPU model", FAIL, f"{destination.name} cannot run this VM's CPU: {ok[1]}", "R3")
+    else:
+        report.add("CPU model", PASS, f"identical host CPUs ({src.cpu_vendor} {src.cpu_model}); {ok[1]}", "R3")
+
+
+def _check_capacity(report, vm, destination, dst) -> None:
+    if dst.physical_cores < vm.vcpus:
+        report.add(
+            "CPU cores",
+            WARN,
+            f"{destination.name} has {dst.physical_cores} physical cores for {vm.vcpus} vCPUs: "
+            "the VM will run with degraded performance there.",
+            "R5",
+        )
+    else:
+        report.add("CPU cores", PASS, f"{dst.physical_cores} physical cores ≥ {vm.vcpus} vCPUs", "R5")
+    need_mib, free_mib = vm.memory_kib // 1024, dst.memory_free_kib // 1024
+    if dst.memory_free_kib < vm.memory_kib:
+        report.add(
+            "memory",
+            FAIL,
+            f"{destination.name} has {free_mib} MiB free, the VM needs {need_mib} MiB; free memory there "
+            "or choose another host.",
+            "R5",
+        )
+    else:
+        report.add("memory", PASS, f"{free_mib} MiB free ≥ {need_mib} MiB needed", "R5")
+
+
+def _check_name_free(report, vm, destination) -> None:
+    by_uuid, error = _read(lambda: gateway.find_vm(destination.connect_uri, uuid=vm.uuid))
+    by_name, error2 = _read(lambda: gateway.find_vm(destination.connect_uri, name=vm.name))
+    if error or error2:
+        report.add("name free", FAIL, f"Could not list VMs on {destination.name}: {(error or error2).message}")
+    elif by_uuid or by_name:
+        found = by_uuid or by_name
+        report.add(
+            "name free",
+            FAIL,
+            f"{destination.name} already has a VM named {found.name} (UUID {found.uuid}, {found.state}); "
+            "remove or rename it there first.",
+        )
+    else:
+        report.add("name free", PASS, f"no VM of that name or UUID on {destination.name}")
+
+
+def _check_tls(report, source, destination, params) -> None:
+    if not params.tls:
+        return
+    for status, message in tls_readiness(source, destination):
+        report.add("TLS", status, message, "R14")

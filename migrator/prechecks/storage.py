@@ -1,0 +1,187 @@
+"""R5–R7, R13: the disks under the chosen plan — shared disks visible at the
+same path, copied disks creatable (or stale images named), kept disks
+present, and room for the images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hosts import gateway
+from hosts.inventory import disk_verdicts
+from hosts.models import StorageClass, VirtualMachine
+
+from ..parameters import MigrationParameters
+from .report import FAIL, PASS, WARN, _read
+
+
+def chosen_disks(vm: VirtualMachine, params: MigrationParameters) -> list[dict[str, Any]]:
+    targets = set(params.disks)
+    return [d for d in vm.disks if d["target"] in targets]
+
+
+def _check_storage(report, vm, source, destination, params, judge_disk_plan: bool) -> None:
+    verdicts = {v.target: v for v in disk_verdicts(vm.disks, source.prefixes)}
+    if vm.storage_class == StorageClass.SHARED:
+        report.add("storage class", PASS, "every disk is on shared storage: nothing is copied", "R7")
+    else:
+        report.add("storage class", PASS, "local disks: they are copied to the destination", "R7")
+
+    chosen = {d["target"] for d in chosen_disks(vm, params)}
+    for disk in vm.disks:
+        verdict = verdicts[disk["target"]]
+        if not verdict.data:
+            continue
+        target = disk["target"]
+        if target in chosen and not verdict.migratable:
+            report.add(f"disk {target}", FAIL, f"{target} cannot be copied: {verdict.reason}.", "R6")
+        elif verdict.kind == "network":
+            report.add(f"disk {target}", PASS, f"{target} is network storage, reached by both hosts", "R7")
+        elif verdict.shared:
+            _check_shared_disk(report, disk, destination)
+        elif target in chosen:
+            _check_copied_disk(report, disk, destination, params)
+        else:
+            _check_kept_disk(report, disk, verdict, destination)
+
+    if vm.storage_class == StorageClass.NON_SHARED and judge_disk_plan and not chosen:
+        report.add(
+            "disks to copy",
+            FAIL,
+            "This VM has local disks but none is selected for copying; select the local disks to migrate.",
+            "R13",
+        )
+    if chosen:
+        _check_space(report, vm, destination, params)
+
+
+def _check_shared_disk(report, disk, destination) -> None:
+    target, path = disk["target"], disk["source"]
+    info, error = _read(lambda: gateway.path_info(destination.connect_uri, path))
+    if error or not info.exists:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"{path} is not visible on {destination.name}: mount the shared storage there at the "
+            "same path, or add its path to that host's shared prefixes if it is already there.",
+            "R7",
+        )
+    else:
+        report.add(f"disk {target}", PASS, f"{path} is visible at the same path on {destination.name}", "R7")
+
+
+def _inspect(report, disk, destination) -> gateway.PathInfo | None:
+    """The destination's view of the disk's path; None (with a failed check)
+    when it cannot be read or is a block device."""
+    target, path = disk["target"], disk["source"]
+    info, error = _read(lambda: gateway.path_info(destination.connect_uri, path))
+    if error:
+        report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R6")
+        return None
+    if info.is_block_device:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"{path} is a block device on {destination.name}; the destination image must be a file.",
+            "R6",
+        )
+        return None
+    return info
+
+
+def _check_copied_disk(report, disk, destination, params) -> None:
+    target, path = disk["target"], disk["source"]
+    info = _inspect(report, disk, destination)
+    if info is None:
+        return
+    fmt = disk.get("format") or "raw"
+    if not params.create_images:
+        if info.exists:
+            report.add(f"disk {target}", PASS, f"{path} exists on {destination.name} and is copied into", "R6")
+        else:
+            report.add(
+                f"disk {target}",
+                FAIL,
+                f"{path} does not exist on {destination.name} and 'Create destination images' is off; tick it, "
+                f"or create the image there first (qemu-img create -f {fmt} {path} SIZE).",
+                "R6",
+            )
+        return
+    if info.exists and info.used_by:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"{path} already exists on {destination.name} and is a disk of {', '.join(info.used_by)} there; it is "
+            "never replaced. Move that VM's disk, or migrate to another host.",
+            "R6",
+        )
+    elif info.exists:
+        stale = (
+            f"{path} already exists on {destination.name} and no VM there uses it: a stale copy of this disk, "
+            "left by an earlier migration or by hand."
+        )
+        decision = params.replace_stale_images
+        if decision:
+            report.add(f"disk {target}", PASS, f"{stale} It is deleted, created afresh and copied.", "R6")
+        elif decision is None:
+            report.add(f"disk {target}", WARN, f"{stale} The next step asks whether to replace it.", "R6")
+        else:
+            report.add(
+                f"disk {target}",
+                FAIL,
+                f"{stale} Tick 'Replace stale images on the destination' to delete it and copy afresh, or untick "
+                "'Create destination images' to copy into it as it is.",
+                "R6",
+            )
+    elif not info.pool:
+        report.add(
+            f"disk {target}",
+            FAIL,
+            f"No libvirt storage pool on {destination.name} covers {path.rpartition('/')[0]}; define a 'dir' "
+            "pool there so the image can be created.",
+            "R6",
+        )
+    else:
+        size = f", {disk['capacity_bytes'] // 2**20} MiB" if disk.get("capacity_bytes") else ""
+        report.add(f"disk {target}", PASS, f"{path} ({fmt}{size}) is created and copied on {destination.name}", "R6")
+
+
+def _check_kept_disk(report, disk, verdict, destination) -> None:
+    """A local disk that is not copied: the destination must have its own."""
+    target, path = disk["target"], disk["source"]
+    info = _inspect(report, disk, destination)
+    if info is None:
+        return
+    if info.exists:
+        report.add(f"disk {target}", PASS, f"{path} exists on {destination.name} and is used there as it is", "R6")
+        return
+    if verdict.migratable:
+        fix = "select it under 'Disks to copy'"
+    else:
+        fix = f"{verdict.reason}; create it there (qemu-img create -f {disk.get('format') or 'raw'} {path} SIZE)"
+    report.add(
+        f"disk {target}",
+        FAIL,
+        f"{target} is not copied and {path} does not exist on {destination.name}: {fix}.",
+        "R6",
+    )
+
+
+def _check_space(report, vm, destination, params) -> None:
+    need = sum(d.get("capacity_bytes") or 0 for d in chosen_disks(vm, params))
+    free = None
+    for disk in chosen_disks(vm, params):
+        info, error = _read(lambda p=disk["source"]: gateway.path_info(destination.connect_uri, p))
+        if info is not None and info.pool_available_bytes is not None:
+            free = info.pool_available_bytes
+            break
+    if free is None:
+        report.add("disk space", WARN, f"Could not read free space on {destination.name}.", "R5")
+    elif free < need:
+        report.add(
+            "disk space",
+            FAIL,
+            f"{destination.name} has {free // 2**20} MiB free for {need // 2**20} MiB of images; free space there.",
+            "R5",
+        )
+    else:
+        report.add("disk space", PASS, f"{free // 2**20} MiB free ≥ {need // 2**20} MiB of images", "R5")
