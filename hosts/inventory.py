@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import gateway
+from .connection import connect_uri
 from .models import Host, StorageClass, VirtualMachine
 
 COPYABLE_DEVICES = ("disk", "lun")
@@ -105,8 +106,8 @@ def _vm_fields(vm: gateway.VMInfo, prefixes: list[str]) -> dict:
 def refresh_host(host: Host) -> Host:
     """Read the host and its VMs; on failure keep the last inventory and record why."""
     try:
-        info = gateway.host_info(host.connect_uri)
-        vms = gateway.list_vms(host.connect_uri)
+        info = gateway.host_info(connect_uri(host))
+        vms = gateway.list_vms(connect_uri(host))
     except gateway.GatewayError as error:
         host.record_inventory_error(error)
         return host
@@ -130,7 +131,7 @@ def store_inventory(host: Host, info: gateway.HostInfo, vms: list[gateway.VMInfo
 
 def refresh_vm(host: Host, uuid: str) -> VirtualMachine | None:
     """Re-read one VM (after a migration or a lifecycle action)."""
-    vm = gateway.find_vm(host.connect_uri, uuid=uuid)
+    vm = gateway.find_vm(connect_uri(host), uuid=uuid)
     if vm is None:
         host.vms.filter(uuid=uuid).delete()
         return None

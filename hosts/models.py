@@ -86,16 +86,6 @@ class Host(models.Model):
         return [line.strip().rstrip("/") + "/" for line in self.shared_prefixes.splitlines() if line.strip()]
 
     @property
-    def connect_uri(self) -> str:
-        """The URI the dashboard opens: for qemu+tls:// hosts with a client
-        certificate on record, the URI carries libvirt's pkipath."""
-        if self.uri.startswith("qemu+tls://"):
-            from .certificates.pkipath import tls_connect_uri
-
-            return tls_connect_uri(self)
-        return self.uri
-
-    @property
     def effective_peer_uri(self) -> str:
         return self.peer_uri or self.uri
 

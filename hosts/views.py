@@ -10,6 +10,7 @@ from migrator.audit.requests import audit
 from migrator.roles import OPERATORS, role_required, superuser_required
 
 from . import gateway, inventory
+from .connection import connect_uri
 from .forms import HostForm
 from .models import Host, VirtualMachine
 
@@ -65,7 +66,7 @@ def _report_refresh(request, host: Host) -> None:
 def host_test(request, pk: int):
     host = get_object_or_404(Host, pk=pk)
     try:
-        info = gateway.host_info(host.connect_uri)
+        info = gateway.host_info(connect_uri(host))
     except gateway.GatewayError as error:
         messages.error(request, f"Connection to {host.name} failed: {error.message} {error.hint}".strip())
     else:

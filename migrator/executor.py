@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connections
 
 from hosts import gateway, inventory
+from hosts.connection import connect_uri
 from hosts.models import Host
 
 from . import live
@@ -38,8 +39,8 @@ class Executor:
         self.created_images: list[str] = []
         # Connect through the hosts' current URIs (TLS material included);
         # the snapshot URIs serve only when a host was removed.
-        self.src_uri = migration.source.connect_uri if migration.source else migration.source_uri
-        self.dst_uri = migration.destination.connect_uri if migration.destination else migration.destination_uri
+        self.src_uri = connect_uri(migration.source) if migration.source else migration.source_uri
+        self.dst_uri = connect_uri(migration.destination) if migration.destination else migration.destination_uri
 
     def run(self) -> Migration:
         m = self.migration

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from hosts import gateway, inventory
+from hosts.connection import connect_uri
 from hosts.forms import LifecycleForm
 from hosts.models import Host, VirtualMachine
 
@@ -79,7 +80,7 @@ def vm_action(request: HttpRequest, pk: int) -> HttpResponse:
         audit(request, "vm.action_refused", vm, requested=action, migration=active.pk)
         return redirect(vm)
     try:
-        gateway.vm_lifecycle(vm.host.connect_uri, vm.uuid, action)
+        gateway.vm_lifecycle(connect_uri(vm.host), vm.uuid, action)
     except gateway.GatewayError as error:
         messages.error(request, f"{action} failed: {error.message} {error.hint}".strip())
         audit(request, "vm.action_failed", vm, requested=action, error=error.as_dict())

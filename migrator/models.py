@@ -5,6 +5,10 @@ A Migration row owns its state changes (`claim`, `progress`, `finish`,
 conditional UPDATE so a worker, a cancel button and the reconciler never
 overwrite each other. Records keep a snapshot of names and URIs, so deleting
 a host or a user loses nothing.
+
+The record, its timeline, its samples and the dirty-rate readings stay in one
+module (over 400 lines) because the samples and their final-statistics
+helpers are the record's own progress, read and written together with it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 
 from hosts import gateway
+from hosts.connection import connect_uri
 from hosts.inventory import disk_verdicts
 from hosts.models import Host, VirtualMachine
 
@@ -27,7 +28,7 @@ from .roles import OPERATORS, role_required
 
 def _features(vm: VirtualMachine) -> gateway.MigrationFeatures | None:
     try:
-        return gateway.migration_features(vm.host.connect_uri, vm.uuid)
+        return gateway.migration_features(connect_uri(vm.host), vm.uuid)
     except gateway.GatewayError:
         return None
 

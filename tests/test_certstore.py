@@ -22,6 +22,7 @@ from hosts.certificates import readiness
 from hosts.certificates import store as certstore
 from hosts.certificates.errors import CertificateProblem
 from hosts.certificates.models import Certificate, HostTLS
+from hosts.connection import connect_uri
 from hosts.models import Host
 from migrator.audit.models import AuditEvent
 from tests import pki
@@ -564,13 +565,13 @@ def _pkipath(uri: str) -> Path:
 
 
 def test_it_leaves_the_uri_alone_without_assigned_material(hosts):
-    assert hosts["b"].connect_uri == hosts["b"].uri
+    assert connect_uri(hosts["b"]) == hosts["b"].uri
 
 
 def test_it_writes_a_private_pkipath_for_tls_hosts(certs, hosts, lab_ca, settings):
     client_cert = store("client", certs["client"], key=True, ca=lab_ca, assign_hosts=[hosts["b"]])
 
-    uri = hosts["b"].connect_uri
+    uri = connect_uri(hosts["b"])
 
     assert uri.startswith("qemu+tls://10.0.0.2/system?")
     assert parse_qs(urlsplit(uri).query)["no_verify"] == ["0"]  # other parameters are kept
@@ -587,14 +588,14 @@ def test_it_writes_a_private_pkipath_for_tls_hosts(certs, hosts, lab_ca, setting
 
 def test_it_reuses_the_pkipath_until_the_material_changes(certs, hosts, lab_ca):
     old = store("client", certs["client"], key=True, ca=lab_ca, assign_hosts=[hosts["b"]])
-    first = _pkipath(hosts["b"].connect_uri)
+    first = _pkipath(connect_uri(hosts["b"]))
     inode = (first / "clientkey.pem").stat().st_ino
 
-    assert _pkipath(hosts["b"].connect_uri) == first
+    assert _pkipath(connect_uri(hosts["b"])) == first
     assert (first / "clientkey.pem").stat().st_ino == inode  # cached, not rewritten
 
     store("client", certs["client2"], key=True, ca=lab_ca, replaces=old)
-    second = _pkipath(hosts["b"].connect_uri)
+    second = _pkipath(connect_uri(hosts["b"]))
 
     assert second != first and not first.exists()  # the old key is gone from disk
     assert (second / "clientcert.pem").read_bytes() == certs["client2"].pem
@@ -602,24 +603,24 @@ def test_it_reuses_the_pkipath_until_the_material_changes(certs, hosts, lab_ca):
 
 def test_it_rewrites_a_damaged_pkipath(certs, hosts, lab_ca):
     store("client", certs["client"], key=True, ca=lab_ca, assign_hosts=[hosts["b"]])
-    directory = _pkipath(hosts["b"].connect_uri)
+    directory = _pkipath(connect_uri(hosts["b"]))
     (directory / "clientkey.pem").unlink()
     os.chmod(directory, 0o755)
 
-    assert _pkipath(hosts["b"].connect_uri) == directory
+    assert _pkipath(connect_uri(hosts["b"])) == directory
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE((directory / "clientkey.pem").stat().st_mode) == 0o600
 
 
 def test_it_removes_the_pkipath_when_the_assignment_goes(certs, hosts, lab_ca, django_capture_on_commit_callbacks):
     client_cert = store("client", certs["client"], key=True, ca=lab_ca, assign_hosts=[hosts["b"]])
-    directory = _pkipath(hosts["b"].connect_uri)
+    directory = _pkipath(connect_uri(hosts["b"]))
 
     with django_capture_on_commit_callbacks(execute=True):
         certstore.assign_host_tls(hosts["b"], None, None)
 
     assert not directory.exists()
-    assert hosts["b"].connect_uri == hosts["b"].uri
+    assert connect_uri(hosts["b"]) == hosts["b"].uri
     assert Certificate.objects.filter(pk=client_cert.pk).exists()
 
 

@@ -15,6 +15,7 @@ from django.urls import reverse
 from rq import SimpleWorker
 
 from hosts import gateway, inventory
+from hosts.connection import connect_uri
 from migrator.executor import reconcile
 from migrator.forms import MigrationForm
 from migrator.jobs import queue_migration
@@ -32,7 +33,7 @@ def form_for(a, b, vm_name: str, **overrides) -> MigrationForm:
     """The wizard's form as a browser submits it, with `overrides`."""
     inventory.refresh_host(a)
     vm = a.vms.get(name=vm_name)
-    features = gateway.migration_features(a.connect_uri, vm.uuid)
+    features = gateway.migration_features(connect_uri(a), vm.uuid)
     return MigrationForm(MigrationForm.defaults(vm, b, **overrides), vm=vm, features=features)
 
 
@@ -86,7 +87,7 @@ def test_it_copies_local_disks_into_images_it_creates(lab, lab_hosts, guest, que
     lab.stop_guest("db-local")
     written = _qemu_io(lab.host_path("A", vda), "write -P 0x5a 1M 1M")
     assert written.returncode == 0, written.stderr
-    gateway.vm_lifecycle(a.connect_uri, vm.uuid, "start")
+    gateway.vm_lifecycle(connect_uri(a), vm.uuid, "start")
     lab.wait_booted("db-local", "A")
 
     migration = migrate(queue, a, b, users["operator"], "db-local", disks=["vda"])
@@ -140,7 +141,7 @@ def test_it_cancels_a_slow_migration_and_the_vm_stays_on_a(lab, lab_hosts, guest
     assert migration.cancelled_by_username == users["operator"].username
     assert lab.where("web-shared") == "A"
     lab.wait_tick("web-shared", "A")
-    assert gateway.find_vm(b.connect_uri, name="web-shared") is None, "nothing left on the destination"
+    assert gateway.find_vm(connect_uri(b), name="web-shared") is None, "nothing left on the destination"
     assert "still running on lab-a" in migration.outcome_note
 
 
@@ -155,7 +156,7 @@ def test_it_finishes_a_non_converging_vm_by_suspending_it_at_the_timeout(lab, la
     assert migration.applied_parameters["timeout_action_taken"] == "suspend"
     assert "suspended" in migration.outcome_note
     assert lab.where("cache-hot") == "B"
-    assert gateway.vm_state(b.connect_uri, migration.vm_uuid) == "running"
+    assert gateway.vm_state(connect_uri(b), migration.vm_uuid) == "running"
 
 
 def test_it_converges_a_hot_vm_with_auto_converge(lab, lab_hosts, guest, queue, users):
@@ -219,13 +220,13 @@ def test_it_reconciles_a_migration_whose_worker_was_killed(lab, lab_hosts, guest
         "import sys; from hosts import gateway; "
         f"spec = gateway.MigrationSpec(dconnuri={b.effective_peer_uri!r}, migrate_uri='tcp://{b.migration_address}', "
         "bandwidth_mib_s=16, unsafe=True); "
-        f"gateway.MigrationRun({a.connect_uri!r}, {migration.vm_uuid!r}, spec).run()"
+        f"gateway.MigrationRun({connect_uri(a)!r}, {migration.vm_uuid!r}, spec).run()"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd())
     Migration.objects.filter(pk=migration.pk).update(
         state=MigrationState.RUNNING, worker_pid=child.pid, worker_host=os.uname().nodename
     )
-    assert gateway.wait_for(lambda: bool(gateway.active_job(a.connect_uri, migration.vm_uuid)), 30)
+    assert gateway.wait_for(lambda: bool(gateway.active_job(connect_uri(a), migration.vm_uuid)), 30)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     settled = reconcile(wait_s=120)
@@ -236,7 +237,7 @@ def test_it_reconciles_a_migration_whose_worker_was_killed(lab, lab_hosts, guest
     where = lab.where("web-shared")
     running = [
         h
-        for h, uri in (("A", a.connect_uri), ("B", b.connect_uri))
+        for h, uri in (("A", connect_uri(a)), ("B", connect_uri(b)))
         if gateway.vm_state(uri, migration.vm_uuid) == "running"
     ]
     assert running == [where], "the VM runs exactly once"

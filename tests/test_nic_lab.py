@@ -9,6 +9,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from hosts import gateway, inventory
+from hosts.connection import connect_uri
 from migrator.jobs import QUEUE
 from migrator.models import Migration
 
@@ -42,8 +43,8 @@ def bridged_guest(lab):
 
 def test_libvirt_reports_the_bridge_on_the_source_only(lab, lab_hosts, bridged_guest):
     a, b = lab_hosts
-    assert BRIDGE in gateway.host_info(a.connect_uri).bridges
-    assert BRIDGE not in gateway.host_info(b.connect_uri).net_devices
+    assert BRIDGE in gateway.host_info(connect_uri(a)).bridges
+    assert BRIDGE not in gateway.host_info(connect_uri(b)).net_devices
     inventory.refresh_host(a)
     (nic,) = a.vms.get(name=GUEST).interfaces
     assert (nic["type"], nic["source"], nic["mac"]) == ("bridge", BRIDGE, MAC)
@@ -74,7 +75,7 @@ def test_a_nic_on_a_bridge_only_the_source_has_is_refused_before_anything_runs(
     assert not Migration.objects.exists()
     assert queue.count == 0 and django_rq.get_queue(QUEUE).count == 0
     assert lab.where(GUEST) == "A"
-    assert gateway.find_vm(b.connect_uri, name=GUEST) is None
+    assert gateway.find_vm(connect_uri(b), name=GUEST) is None
 
 
 def test_the_same_guest_passes_once_the_destination_has_the_bridge(lab, lab_hosts, bridged_guest):

@@ -13,6 +13,7 @@ from django.db import connection
 from django.urls import reverse
 
 from hosts import gateway, inventory
+from hosts.connection import connect_uri
 from hosts.lab import DiskSpec
 from migrator.audit.models import AuditEvent
 from migrator.forms import MigrationForm
@@ -183,7 +184,7 @@ def test_it_copies_only_the_local_disk_of_a_mixed_vm(lab, lab_hosts, queue, user
         assert migration.parameters["disks"] == ["vdb"]
         assert lab.host_path("A", vda).exists() and lab.host_path("A", vda).stat().st_mtime == shared_mtime
         assert lab.host_path("B", vdb).exists() and not lab.host_path("A", vdb).exists()
-        assert gateway.vm_state(b.connect_uri, migration.vm_uuid) == "running"
+        assert gateway.vm_state(connect_uri(b), migration.vm_uuid) == "running"
     finally:
         lab.remove_guest("mixed-disks")
 

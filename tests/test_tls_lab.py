@@ -21,6 +21,7 @@ from django.urls import reverse
 from hosts import inventory
 from hosts.certificates import readiness, store
 from hosts.certificates.models import Certificate, HostTLS
+from hosts.connection import connect_uri
 from hosts.models import Host
 from migrator.audit.models import AuditEvent
 from migrator.models import MigrationState
@@ -79,7 +80,7 @@ def test_it_connects_to_b_over_tls_with_the_uploaded_lab_material(lab, login, tl
     )
 
     assert response.status_code == 302, response.context["form"].errors
-    assert "pkipath=" in tls_b.connect_uri
+    assert "pkipath=" in connect_uri(tls_b)
     host = inventory.refresh_host(tls_b)
     assert host.inventory_error == "", host.inventory_error
     assert host.info["hostname"] == "hostB"
@@ -98,7 +99,7 @@ def test_it_refuses_the_expired_lab_client_certificate(lab, login, tls_b):
     assert response.status_code == 200
     assert "This client certificate expired on" in " ".join(response.context["form"].errors["cert"])
     assert counts() == before
-    assert tls_b.connect_uri == tls_b.uri
+    assert connect_uri(tls_b) == tls_b.uri
 
 
 def test_it_reports_a_client_certificate_that_expired_after_upload(lab, users, tls_b):

@@ -10,6 +10,7 @@ import uuid as uuidlib
 from django import forms
 
 from hosts import gateway
+from hosts.connection import connect_uri
 from hosts.models import VirtualMachine
 
 from .. import live
@@ -89,7 +90,7 @@ def measure_series(
         if Migration.objects.active().for_vm(vm.uuid).exists():
             break
         window_s = windows[count % len(windows)]
-        reading = gateway.dirty_rate(vm.host.connect_uri, vm.uuid, window_s)
+        reading = gateway.dirty_rate(connect_uri(vm.host), vm.uuid, window_s)
         row = DirtyRateMeasurement.objects.create(
             vm_uuid=vm.uuid,
             vm_name=vm.name,

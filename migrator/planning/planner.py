@@ -11,6 +11,10 @@ bandwidth x downtime-limit.  The dirty rate enters as a curve of unique MiB
 dirtied against time, fitted to every page-sampling reading (``fit_dirty_curve``),
 and a plan must also converge with ``rate_margin`` more dirtying (``evaluate``).
 Sizes are MiB, rates MiB/s, times s unless the name says ``_ms``.
+
+It is one module of some 600 lines because it is one model: the curve fit,
+the pass loop, the options that change the loop and the recommendations that
+re-run it share the same PlanInput and read best side by side.
 """
 
 from __future__ import annotations

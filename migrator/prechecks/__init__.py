@@ -12,6 +12,7 @@ from typing import Any
 
 from hosts import gateway
 from hosts.certificates.readiness import tls_readiness
+from hosts.connection import connect_uri
 from hosts.models import Host, VirtualMachine
 
 from ..models import Migration
@@ -53,8 +54,8 @@ def run_prechecks(
         return report
 
     facts = Facts()
-    facts.source_info, facts.source_error = _read(lambda: gateway.host_info(source.connect_uri))
-    state, state_error = _read(lambda: gateway.vm_state(source.connect_uri, vm.uuid))
+    facts.source_info, facts.source_error = _read(lambda: gateway.host_info(connect_uri(source)))
+    state, state_error = _read(lambda: gateway.vm_state(connect_uri(source), vm.uuid))
     if facts.source_error or state_error:
         error = facts.source_error or state_error
         report.add("source reachable", FAIL, f"{source.name} does not answer: {error.message}", "R1")
@@ -65,7 +66,7 @@ def run_prechecks(
     else:
         report.add("VM running", PASS, f"{vm.name} is running on {source.name}", "R2")
 
-    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(destination.connect_uri))
+    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(connect_uri(destination)))
     if facts.dest_error:
         report.add(
             "destination reachable",
@@ -133,7 +134,7 @@ def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
             "R3",
         )
         return
-    ok, message = _read(lambda: gateway.compare_guest_cpu(destination.connect_uri, vm_dict))
+    ok, message = _read(lambda: gateway.compare_guest_cpu(connect_uri(destination), vm_dict))
     if message is not None:
         report.add("CPU model", FAIL, f"Could not compare CPUs on {destination.name}: {message.message}", "R3")
     elif not ok[0]:
@@ -167,8 +168,8 @@ def _check_capacity(report, vm, destination, dst) -> None:
 
 
 def _check_name_free(report, vm, destination) -> None:
-    by_uuid, error = _read(lambda: gateway.find_vm(destination.connect_uri, uuid=vm.uuid))
-    by_name, error2 = _read(lambda: gateway.find_vm(destination.connect_uri, name=vm.name))
+    by_uuid, error = _read(lambda: gateway.find_vm(connect_uri(destination), uuid=vm.uuid))
+    by_name, error2 = _read(lambda: gateway.find_vm(connect_uri(destination), name=vm.name))
     if error or error2:
         report.add("name free", FAIL, f"Could not list VMs on {destination.name}: {(error or error2).message}")
     elif by_uuid or by_name:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from hosts import gateway
+from hosts.connection import connect_uri
 from hosts.inventory import disk_verdicts
 from hosts.models import StorageClass, VirtualMachine
 
@@ -56,7 +57,7 @@ def _check_storage(report, vm, source, destination, params, judge_disk_plan: boo
 
 def _check_shared_disk(report, disk, destination) -> None:
     target, path = disk["target"], disk["source"]
-    info, error = _read(lambda: gateway.path_info(destination.connect_uri, path))
+    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path))
     if error or not info.exists:
         report.add(
             f"disk {target}",
@@ -73,7 +74,7 @@ def _inspect(report, disk, destination) -> gateway.PathInfo | None:
     """The destination's view of the disk's path; None (with a failed check)
     when it cannot be read or is a block device."""
     target, path = disk["target"], disk["source"]
-    info, error = _read(lambda: gateway.path_info(destination.connect_uri, path))
+    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path))
     if error:
         report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R6")
         return None
@@ -170,7 +171,7 @@ def _check_space(report, vm, destination, params) -> None:
     need = sum(d.get("capacity_bytes") or 0 for d in chosen_disks(vm, params))
     free = None
     for disk in chosen_disks(vm, params):
-        info, error = _read(lambda p=disk["source"]: gateway.path_info(destination.connect_uri, p))
+        info, error = _read(lambda p=disk["source"]: gateway.path_info(connect_uri(destination), p))
         if info is not None and info.pool_available_bytes is not None:
             free = info.pool_available_bytes
             break

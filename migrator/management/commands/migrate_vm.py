@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
 
 from hosts import gateway, inventory
+from hosts.connection import connect_uri
 from hosts.models import Host
 from migrator.audit.models import AuditEvent
 from migrator.forms import DEFAULT_MAX_DOWNTIME_MS, MigrationForm
@@ -110,7 +111,7 @@ class Command(BaseCommand):
         # Unticked checkboxes are absent from a browser's POST; mirror that.
         data = {k: v for k, v in data.items() if v is not False}
         try:
-            features = gateway.migration_features(source.connect_uri, vm.uuid)
+            features = gateway.migration_features(connect_uri(source), vm.uuid)
         except gateway.GatewayError:
             features = None
         if o["unsafe"] is None:
