@@ -68,8 +68,9 @@ class Executor:
             return
         report = run_prechecks(m.vm, source, destination, self.parameters, exclude_migration=m.pk)
         m.log("prechecks", report.summary())
+        # Beside the reviewed report, never over it: the record keeps what the operator saw.
+        Migration.objects.filter(pk=m.pk).update(job_precheck_report=report.as_list())
         if not report.ok:
-            Migration.objects.filter(pk=m.pk).update(precheck_report=report.as_list())
             m.fail(
                 f"Pre-checks failed just before migrating: {report.summary()}",
                 vm_location=source.name,

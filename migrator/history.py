@@ -57,7 +57,7 @@ SORTABLE_COLUMNS = (
 DEFAULT_SORT = "-created_at"
 
 # Columns a history page does not need; exports read the ones they list.
-HEAVY_FIELDS = ("last_sample", "final_stats", "precheck_report", "prediction", "error_details")
+HEAVY_FIELDS = ("last_sample", "final_stats", "precheck_report", "job_precheck_report", "prediction", "error_details")
 
 
 def parse_local_datetime_end(raw: str, value: dt.datetime) -> dt.datetime:

@@ -90,7 +90,10 @@ class Migration(AppendOnlyModel):
     # How: parameters as requested, as applied to libvirt, and the checks.
     parameters = models.JSONField(default=dict)
     applied_parameters = models.JSONField(default=dict, blank=True)
-    precheck_report = models.JSONField(default=list, blank=True)
+    precheck_report = models.JSONField(default=list, blank=True, help_text="The report the operator reviewed.")
+    job_precheck_report = models.JSONField(
+        default=list, blank=True, help_text="The job's own re-check, just before it migrated."
+    )
     prediction = models.JSONField(default=dict, blank=True)
 
     # When.

@@ -43,6 +43,7 @@ def migration_detail(request, pk: int):
             "samples": [s.as_dict() for s in migration.samples.all()],
             "events": migration.events.all(),
             "precheck": {"checks": migration.precheck_report},
+            "job_precheck": {"checks": migration.job_precheck_report},
             "parameter_rows": describe_parameters(migration.parameters),
             "applied_json": json.dumps(migration.applied_parameters, indent=2, sort_keys=True),
             "applied_flag_names": gateway.migrate_flag_names(int(migration.applied_parameters.get("flags") or 0)),

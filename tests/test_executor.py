@@ -142,3 +142,24 @@ def test_a_cancel_is_recorded_as_cancelled(monkeypatch):
     run._settle_failure(gateway.GatewayError("operation aborted"), cancelled=True)
     run.migration.refresh_from_db()
     assert run.migration.state == MigrationState.CANCELLED
+
+
+def test_the_jobs_re_check_is_kept_beside_the_reviewed_report(monkeypatch):
+    from hosts.models import Host, VirtualMachine
+    from migrator.prechecks import FAIL, PASS, Report
+
+    a = Host.objects.create(name="a", uri="test:///default")
+    b = Host.objects.create(name="b", uri="test:///default")
+    vm = VirtualMachine.objects.create(host=a, uuid="11111111-1111-1111-1111-111111111111", name="web", state="running")
+    reviewed = [{"name": "memory", "status": PASS, "message": "enough", "requirement": "R5"}]
+    migration = make_migration(vm=vm, source=a, destination=b, precheck_report=reviewed)
+    recheck = Report()
+    recheck.add("memory", FAIL, "b has 100 MiB free, the VM needs 256 MiB", "R5")
+    monkeypatch.setattr("migrator.executor.run_prechecks", lambda *args, **kwargs: recheck)
+    monkeypatch.setattr(Executor, "_refresh_inventory", lambda self: None)
+    Executor(migration).run()
+    migration.refresh_from_db()
+    assert migration.state == MigrationState.FAILED
+    assert migration.precheck_report == reviewed, "what the operator reviewed stays as it was"
+    assert migration.job_precheck_report == recheck.as_list()
+    assert "b has 100 MiB free" in migration.error_message

@@ -46,6 +46,7 @@ from .domains import (
 )
 from .errors import ERROR_HINTS, GatewayError
 from .facts import (
+    CpuVerdict,
     DirtyRate,
     HostInfo,
     MigrationFeatures,
@@ -101,6 +102,7 @@ __all__ = [
     "active_job",
     "call",
     "close_all",
+    "CpuVerdict",
     "compare_guest_cpu",
     "completed_job_stats",
     "connection",

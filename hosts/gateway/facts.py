@@ -207,7 +207,15 @@ def _net_devices(conn: libvirt.virConnect) -> tuple[list[str], list[str], bool, 
     return sorted(devices), sorted(bridges), devices_known, bridges_known
 
 
-def compare_guest_cpu(uri: str, vm: dict[str, Any]) -> tuple[bool, str]:
+@dataclass(frozen=True)
+class CpuVerdict:
+    """Whether the destination can run the VM's CPU (R3), and why."""
+
+    compatible: bool
+    reason: str
+
+
+def compare_guest_cpu(uri: str, vm: dict[str, Any]) -> CpuVerdict:
     """Whether the destination can run the VM's CPU (R3).
 
     compareHypervisorCPU with the domain's own virt type answers correctly
@@ -215,7 +223,7 @@ def compare_guest_cpu(uri: str, vm: dict[str, Any]) -> tuple[bool, str]:
     """
     cpu_xml = vm.get("cpu_xml") or ""
     if not cpu_xml or "host-passthrough" in cpu_xml or "host-model" in cpu_xml:
-        return True, "the VM takes its CPU from the host; host CPU models are compared instead"
+        return CpuVerdict(True, "the VM takes its CPU from the host; host CPU models are compared instead")
     with connection(uri) as conn:
         try:
             result = conn.compareHypervisorCPU(
@@ -228,11 +236,11 @@ def compare_guest_cpu(uri: str, vm: dict[str, Any]) -> tuple[bool, str]:
             )
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == ErrorCode.CPU_INCOMPATIBLE:
-                return False, exc.get_error_message()
+                return CpuVerdict(False, exc.get_error_message())
             raise
     if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
-        return False, "the destination's CPU does not provide the VM's CPU model"
-    return True, "the destination accepts the VM's CPU model"
+        return CpuVerdict(False, "the destination's CPU does not provide the VM's CPU model")
+    return CpuVerdict(True, "the destination accepts the VM's CPU model")
 
 
 @dataclass(frozen=True)

@@ -134,13 +134,13 @@ def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
             "R3",
         )
         return
-    ok, message = _read(lambda: gateway.compare_guest_cpu(connect_uri(destination), vm_dict))
+    verdict, message = _read(lambda: gateway.compare_guest_cpu(connect_uri(destination), vm_dict))
     if message is not None:
         report.add("CPU model", FAIL, f"Could not compare CPUs on {destination.name}: {message.message}", "R3")
-    elif not ok[0]:
-        report.add("CPU model", FAIL, f"{destination.name} cannot run this VM's CPU: {ok[1]}", "R3")
+    elif not verdict.compatible:
+        report.add("CPU model", FAIL, f"{destination.name} cannot run this VM's CPU: {verdict.reason}", "R3")
     else:
-        report.add("CPU model", PASS, f"identical host CPUs ({src.cpu_vendor} {src.cpu_model}); {ok[1]}", "R3")
+        report.add("CPU model", PASS, f"identical host CPUs ({src.cpu_vendor} {src.cpu_model}); {verdict.reason}", "R3")
 
 
 def _check_capacity(report, vm, destination, dst) -> None:
