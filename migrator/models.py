@@ -329,7 +329,7 @@ def final_sample_stats(final: dict[str, Any]) -> dict[str, Any]:
 
 
 def final_stat_fields(stats: dict[str, Any]) -> dict[str, Any]:
-    """The summary columns from libvirt's completed-job statistics."""
+    """The summary columns, read from the completed-job statistics libvirt reports."""
     elapsed_ms = stats.get("time_elapsed")
     processed = stats.get("data_processed")
     throughput = None

@@ -58,16 +58,19 @@ def test_it_finds_vms_by_uuid_and_name_or_none():
 
 def test_it_parses_domain_xml():
     parsed = gateway.parse_domain_xml(DOMAIN_XML)
-    disks = {d["target"]: d for d in parsed["disks"]}
-    assert disks["vda"]["format"] == "qcow2" and disks["vda"]["source"].endswith("db.qcow2")
-    assert disks["vdb"]["shareable"] and not disks["vdb"]["readonly"]
-    assert disks["vdc"]["type"] == "block" and disks["vdc"]["source"] == "/dev/sdb" and disks["vdc"]["readonly"]
-    assert disks["vdd"]["type"] == "network" and disks["vdd"]["source"] == "rbd://ceph1/pool/img"
-    assert disks["sda"]["device"] == "cdrom" and disks["sda"]["source"] == ""
-    assert [(i["type"], i["source"]) for i in parsed["interfaces"]] == [("network", "default"), ("bridge", "br0")]
-    assert parsed["hugepages"] and parsed["emulator_pin"] == "0-1"
-    assert parsed["domain_type"] == "kvm" and parsed["machine"] == "pc-q35-7.2"
-    assert "Skylake-Server" in parsed["cpu_xml"]
+    disks = {d.target: d for d in parsed.disks}
+    assert disks["vda"].format == "qcow2" and disks["vda"].source.endswith("db.qcow2")
+    assert disks["vdb"].shareable and not disks["vdb"].readonly
+    assert disks["vdc"].type == "block" and disks["vdc"].source == "/dev/sdb" and disks["vdc"].readonly
+    assert disks["vdd"].type == "network" and disks["vdd"].source == "rbd://ceph1/pool/img"
+    assert disks["sda"].device == "cdrom" and disks["sda"].source == ""
+    assert disks["vda"].capacity_bytes is None  # libvirt's number, not the XML's
+    assert [(i.type, i.source) for i in parsed.interfaces] == [("network", "default"), ("bridge", "br0")]
+    assert parsed.hugepages and parsed.emulator_pin == "0-1"
+    assert parsed.domain_type == "kvm" and parsed.machine == "pc-q35-7.2"
+    assert "Skylake-Server" in parsed.cpu_xml
+    with pytest.raises(AttributeError):
+        parsed.arch = "aarch64"
 
 
 def test_it_raises_one_error_type_with_libvirts_code_domain_and_message():
@@ -150,3 +153,55 @@ def test_it_names_the_file_or_device_behind_each_disk():
 
     # The network disk has neither; the empty CD-ROM has no source at all.
     assert disk_files(DOMAIN_XML) == ["/var/lib/libvirt/images/db.qcow2", "/mnt/nfs/shared.raw", "/dev/sdb", None]
+
+
+SCRATCH_XML = "<domain type='test'><name>scratch</name><memory>1024</memory><os><type>hvm</type></os></domain>"
+
+
+def test_it_handles_a_domain_by_name_from_definition_to_removal():
+    assert gateway.domain_status(TEST_URI, "scratch") is None
+    gateway.define_domain(TEST_URI, SCRATCH_XML)
+    try:
+        defined = gateway.domain_status(TEST_URI, "scratch")
+        assert (defined.state, defined.active, defined.persistent) == (gateway.DomainState.SHUTOFF, False, True)
+        assert "<name>scratch</name>" in gateway.read_domain_xml(TEST_URI, "scratch")
+
+        gateway.start_domain(TEST_URI, "scratch")
+        assert gateway.domain_status(TEST_URI, "scratch").state == gateway.DomainState.RUNNING
+        assert "scratch" in [d.name for d in gateway.list_domains(TEST_URI, active_only=True)]
+
+        gateway.destroy_domain(TEST_URI, "scratch")
+        assert "scratch" not in [d.name for d in gateway.list_domains(TEST_URI, active_only=True)]
+        assert "scratch" in [d.name for d in gateway.list_domains(TEST_URI)]
+        with pytest.raises(gateway.GatewayError) as caught:
+            gateway.destroy_domain(TEST_URI, "scratch")
+        assert caught.value.code == gateway.ErrorCode.OPERATION_INVALID
+    finally:
+        gateway.undefine_domain(TEST_URI, "scratch")
+    assert gateway.domain_status(TEST_URI, "scratch") is None
+    with pytest.raises(gateway.GatewayError) as caught:
+        gateway.start_domain(TEST_URI, "scratch")
+    assert caught.value.code == gateway.ErrorCode.NO_DOMAIN
+
+
+def test_it_defines_a_dir_pool_once_and_refreshes_it(tmp_path):
+    gateway.ensure_dir_pool(TEST_URI, "scratch-pool", str(tmp_path))
+    gateway.ensure_dir_pool(TEST_URI, "scratch-pool", str(tmp_path))  # already there: nothing to do
+    gateway.refresh_pool(TEST_URI, "scratch-pool")
+    with gateway.connection(TEST_URI) as conn:
+        pool = conn.storagePoolLookupByName("scratch-pool")
+        assert pool.isActive() and pool.autostart() and pool.isPersistent()
+        pool.destroy()
+        pool.undefine()
+    with pytest.raises(gateway.GatewayError) as caught:
+        gateway.refresh_pool(TEST_URI, "scratch-pool")
+    assert caught.value.code == gateway.ErrorCode.NO_STORAGE_POOL
+
+
+def test_it_tells_whether_a_daemon_answers_and_warms_what_supports_it():
+    assert gateway.answers(TEST_URI)
+    assert not gateway.answers("qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    # The test driver has no domain capabilities: the failure comes as a GatewayError.
+    with pytest.raises(gateway.GatewayError) as caught:
+        gateway.warm(TEST_URI, arch="x86_64", virttype="qemu")
+    assert caught.value.code == gateway.ErrorCode.NO_SUPPORT

@@ -32,7 +32,7 @@ def bridged_guest(lab):
     try:
         lab.define_guest(GUEST, 128, dirty_mb=0, interfaces=[nic])
         # Running is what the pre-checks ask for; booting to the dirty loop is not needed.
-        lab.conn("A").lookupByName(GUEST).create()
+        gateway.start_domain(lab.uri("A"), GUEST)
         yield GUEST
     finally:
         lab.remove_guest(GUEST)

@@ -33,7 +33,7 @@ def write_pattern(lab, host_key: str, name: str, path: str, fmt: str = "qcow2", 
     lab.stop_guest(name)
     written = qemu_io(lab.host_path(host_key, path), f"write -P {pattern} 1M 1M", fmt)
     assert written.returncode == 0, written.stderr
-    lab.conn(host_key).lookupByName(name).create()
+    gateway.start_domain(lab.uri(host_key), name)
     lab.wait_booted(name, host_key)
 
 

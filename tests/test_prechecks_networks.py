@@ -172,7 +172,7 @@ NICS_XML = """
 
 
 def test_the_gateway_reads_what_each_nic_is_plugged_into():
-    nics = [gateway.InterfaceInfo(**i) for i in gateway.parse_domain_xml(NICS_XML)["interfaces"]]
+    nics = gateway.parse_domain_xml(NICS_XML).interfaces
     assert [(i.type, i.source, i.target, i.portgroup, i.virtualport, i.mode) for i in nics] == [
         ("bridge", "br0", "vnet3", "", "", ""),
         ("bridge", "ovsbr0", "", "", "openvswitch", ""),

@@ -10,7 +10,6 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 from cryptography import x509
 from cryptography.fernet import Fernet
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from hosts import inventory
+from hosts import gateway, inventory
 from hosts.certificates import readiness, store
 from hosts.certificates.models import Certificate, HostTLS
 from hosts.connection import connect_uri
@@ -196,7 +195,7 @@ def assert_failed_cleanly(lab, migration, *fragments: str) -> None:
     text = f"{migration.error_message} {migration.outcome_note}"
     assert migration.state == MigrationState.FAILED, report(migration)
     assert lab.where("web-shared") == "A"
-    assert lab.conn("A").lookupByName("web-shared").state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert gateway.domain_status(lab.uri("A"), "web-shared").state == gateway.DomainState.RUNNING
     assert migration.vm_location == "lab-a"
     for fragment in fragments:
         assert fragment in text, text
@@ -219,8 +218,8 @@ def test_it_migrates_a_to_b_encrypted(mode, overrides, lab, lab_hosts, migration
     print(f"{mode}: {report(migration)}")
     assert migration.state == MigrationState.SUCCEEDED, report(migration)
     flags = migration.applied_parameters["flags"]
-    assert bool(flags & libvirt.VIR_MIGRATE_TLS) == ("tls" in overrides)
-    assert bool(flags & libvirt.VIR_MIGRATE_PARALLEL) == ("parallel_connections" in overrides)
+    assert bool(flags & gateway.MigrateFlag.TLS) == ("tls" in overrides)
+    assert bool(flags & gateway.MigrateFlag.PARALLEL) == ("parallel_connections" in overrides)
     if "tls" in overrides:
         tls_checks = [c["status"] for c in migration.precheck_report if c["name"] == "TLS"]
         assert tls_checks == ["pass", "pass", "pass"], migration.precheck_report

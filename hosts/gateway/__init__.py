@@ -7,17 +7,17 @@ a page or a job), reused per process, and dropped as soon as they fail.
 
     constants    libvirt's numbers under names: states, job types, flags, parameters, error codes
     errors       GatewayError and its hints
-    connections  the pool, connections opened with a timeout
-    domain_xml   a domain's XML read without libvirt
-    domains      the host's VMs: read, state, lifecycle
-    facts        host capabilities, networks, CPU comparison, migration features, dirty rate
-    storage      images on a host: probe, create, delete
-    migration    MigrationSpec, MigrationRun and the job queries
+    connections  the pool, connections opened with a timeout, whether a daemon answers
+    domain_xml   a domain's XML read without libvirt: ParsedDomain, DiskInfo, InterfaceInfo
+    domains      the host's VMs: read, state, lifecycle; by name: define, start, destroy, undefine
+    facts        host capabilities, networks, CPU comparison, migration features, dirty rate, warming
+    storage      images on a host: probe, create, delete; dir pools
+    migration    MigrationSpec, MigrationRun (and migrate_domain, unwatched), the job queries
 """
 
 import libvirt
 
-from .connections import DEFAULT_CONNECT_TIMEOUT_S, call, close_all, connection, open_connection
+from .connections import DEFAULT_CONNECT_TIMEOUT_S, answers, call, close_all, connection, open_connection
 from .constants import (
     JOB_TYPE_NAMES,
     RUNNING_STATES,
@@ -29,16 +29,22 @@ from .constants import (
     MigrateFlag,
     MigrateParam,
 )
-from .domain_xml import parse_domain_xml
+from .domain_xml import DiskInfo, InterfaceInfo, ParsedDomain, parse_domain_xml
 from .domains import (
     LIFECYCLE_ACTIONS,
-    DiskInfo,
-    InterfaceInfo,
+    DomainStatus,
     VMInfo,
+    define_domain,
+    destroy_domain,
     destroy_leftover,
+    domain_status,
     find_vm,
+    list_domains,
     list_vms,
+    read_domain_xml,
     resume_vm,
+    start_domain,
+    undefine_domain,
     vm_info,
     vm_lifecycle,
     vm_state,
@@ -55,6 +61,7 @@ from .facts import (
     dirty_rate,
     host_info,
     migration_features,
+    warm,
 )
 from .migration import (
     MigrationOutcome,
@@ -64,10 +71,11 @@ from .migration import (
     active_job,
     completed_job_stats,
     job_stats,
+    migrate_domain,
     migrate_flag_names,
     parse_cpuset,
 )
-from .storage import PathInfo, create_volume, delete_volume, path_info
+from .storage import PathInfo, create_volume, delete_volume, ensure_dir_pool, path_info, refresh_pool
 
 # libvirt prints every error to stderr unless a handler is registered; errors
 # reach callers as GatewayError instead.
@@ -81,9 +89,11 @@ __all__ = [
     "RUNNING_STATES",
     "STATE_NAMES",
     "SUPPORTS_MIGRATION_PIN_PARAM",
+    "CpuVerdict",
     "DirtyRate",
     "DiskInfo",
     "DomainState",
+    "DomainStatus",
     "ErrorCode",
     "GatewayError",
     "HostInfo",
@@ -96,33 +106,45 @@ __all__ = [
     "MigrationRun",
     "MigrationSpec",
     "NetworkInfo",
+    "ParsedDomain",
     "PathInfo",
     "VMInfo",
     "abort_job",
     "active_job",
+    "answers",
     "call",
     "close_all",
-    "CpuVerdict",
     "compare_guest_cpu",
     "completed_job_stats",
     "connection",
     "create_volume",
+    "define_domain",
     "delete_volume",
+    "destroy_domain",
     "destroy_leftover",
     "dirty_rate",
+    "domain_status",
+    "ensure_dir_pool",
     "find_vm",
     "host_info",
     "job_stats",
+    "list_domains",
     "list_vms",
+    "migrate_domain",
     "migrate_flag_names",
     "migration_features",
     "open_connection",
     "parse_cpuset",
     "parse_domain_xml",
     "path_info",
+    "read_domain_xml",
+    "refresh_pool",
     "resume_vm",
+    "start_domain",
+    "undefine_domain",
     "vm_info",
     "vm_lifecycle",
     "vm_state",
     "wait_for",
+    "warm",
 ]

@@ -57,6 +57,18 @@ def open_connection(uri: str, timeout_s: float | None = None) -> libvirt.virConn
     return _open(uri, timeout_s or DEFAULT_CONNECT_TIMEOUT_S)
 
 
+def answers(uri: str, timeout_s: float | None = None) -> bool:
+    """Whether the daemon accepts a new connection now. A new one, because a
+    pooled connection may be to the daemon's previous incarnation."""
+    try:
+        conn = _open(uri, timeout_s or DEFAULT_CONNECT_TIMEOUT_S)
+    except GatewayError:
+        return False
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
+    return True
+
+
 @contextlib.contextmanager
 def connection(uri: str, timeout_s: float | None = None) -> Iterator[libvirt.virConnect]:
     """A pooled connection, per process (RQ forks; a socket must not be shared

@@ -1,53 +1,21 @@
 """The VMs on a host: what they are (read from their XML and libvirt's
-counters), what state they are in, and the few actions the dashboard takes."""
+counters), what state they are in, the few actions the dashboard takes, and
+those the lab takes on its guests by name (define, start, destroy, undefine)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import libvirt
 
 from .connections import connection
 from .constants import RUNNING_STATES, STATE_NAMES, DomainState, ErrorCode
-from .domain_xml import parse_domain_xml
+from .domain_xml import DiskInfo, InterfaceInfo, parse_domain_xml
 from .errors import GatewayError
-
-
-@dataclass(frozen=True)
-class DiskInfo:
-    target: str
-    device: str  # disk, cdrom, lun, floppy
-    type: str  # file, block, network, volume, dir
-    source: str
-    format: str
-    bus: str
-    capacity_bytes: int | None
-    allocation_bytes: int | None
-    shareable: bool
-    readonly: bool
-    protocol: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class InterfaceInfo:
-    type: str  # network, bridge, user, direct, ...
-    source: str  # network, bridge or host device name
-    mac: str
-    model: str
-    target: str = ""  # the host-side device while the VM runs (vnet0, macvtap0)
-    portgroup: str = ""
-    virtualport: str = ""  # openvswitch, 802.1Qbh, ...; "" for a plain Linux bridge
-    mode: str = ""  # macvtap mode of a direct NIC: vepa, bridge, private, passthrough
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -89,11 +57,11 @@ def _vm_info(dom: libvirt.virDomain) -> VMInfo:
     info = dom.info()  # [state, maxMem KiB, mem KiB, vcpus, cpuTime]
     parsed = parse_domain_xml(dom.XMLDesc(0))
     disks = []
-    for disk in parsed["disks"]:
-        capacity, allocation = (None, None)
-        if disk["source"] and disk["device"] in ("disk", "lun"):
-            capacity, allocation = _disk_sizes(dom, disk["target"])
-        disks.append(DiskInfo(capacity_bytes=capacity, allocation_bytes=allocation, **disk))
+    for disk in parsed.disks:
+        if disk.source and disk.device in ("disk", "lun"):
+            capacity, allocation = _disk_sizes(dom, disk.target)
+            disk = replace(disk, capacity_bytes=capacity, allocation_bytes=allocation)
+        disks.append(disk)
     return VMInfo(
         name=dom.name(),
         uuid=dom.UUIDString(),
@@ -101,29 +69,33 @@ def _vm_info(dom: libvirt.virDomain) -> VMInfo:
         vcpus=int(info[3]),
         memory_kib=int(info[1]),
         persistent=bool(dom.isPersistent()),
-        domain_type=parsed["domain_type"],
-        arch=parsed["arch"],
-        machine=parsed["machine"],
-        emulator=parsed["emulator"],
+        domain_type=parsed.domain_type,
+        arch=parsed.arch,
+        machine=parsed.machine,
+        emulator=parsed.emulator,
         disks=disks,
-        interfaces=[InterfaceInfo(**i) for i in parsed["interfaces"]],
-        hugepages=parsed["hugepages"],
-        cpu_xml=parsed["cpu_xml"],
-        emulator_pin=parsed["emulator_pin"],
+        interfaces=list(parsed.interfaces),
+        hugepages=parsed.hugepages,
+        cpu_xml=parsed.cpu_xml,
+        emulator_pin=parsed.emulator_pin,
     )
+
+
+def _read_all(conn: libvirt.virConnect, read: Callable[[libvirt.virDomain], Any], flags: int = 0) -> list[Any]:
+    found = []
+    for dom in conn.listAllDomains(flags):
+        try:
+            found.append(read(dom))
+        except libvirt.libvirtError as exc:
+            # A VM that vanished between listing and reading is not an error.
+            if exc.get_error_code() != ErrorCode.NO_DOMAIN:
+                raise
+    return sorted(found, key=lambda each: each.name)
 
 
 def list_vms(uri: str) -> list[VMInfo]:
     with connection(uri) as conn:
-        vms = []
-        for dom in conn.listAllDomains(0):
-            try:
-                vms.append(_vm_info(dom))
-            except libvirt.libvirtError as exc:
-                # A VM that vanished between listing and reading is not an error.
-                if exc.get_error_code() != ErrorCode.NO_DOMAIN:
-                    raise
-        return sorted(vms, key=lambda vm: vm.name)
+        return _read_all(conn, _vm_info)
 
 
 def _lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
@@ -207,3 +179,66 @@ def destroy_leftover(uri: str, uuid: str) -> bool:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
         return True
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    """Where a domain stands, without reading what it is (VMInfo): cheap
+    enough to poll."""
+
+    name: str
+    uuid: str
+    state: DomainState
+    active: bool
+    persistent: bool
+
+
+def _status(dom: libvirt.virDomain) -> DomainStatus:
+    state, _reason = dom.state()
+    return DomainStatus(
+        dom.name(), dom.UUIDString(), DomainState(state), bool(dom.isActive()), bool(dom.isPersistent())
+    )
+
+
+def domain_status(uri: str, name: str) -> DomainStatus | None:
+    """The domain called `name` on the host, or None when it is not there."""
+    with connection(uri) as conn:
+        try:
+            return _status(conn.lookupByName(name))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+                return None
+            raise
+
+
+def list_domains(uri: str, *, active_only: bool = False) -> list[DomainStatus]:
+    flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if active_only else 0
+    with connection(uri) as conn:
+        return _read_all(conn, _status, flags)
+
+
+def define_domain(uri: str, xml: str) -> None:
+    """Define the domain, or redefine the one with the same name and UUID."""
+    with connection(uri) as conn:
+        conn.defineXML(xml)
+
+
+def read_domain_xml(uri: str, name: str) -> str:
+    """The domain's XML as it is now (the live one while it runs)."""
+    with connection(uri) as conn:
+        return conn.lookupByName(name).XMLDesc(0)
+
+
+def start_domain(uri: str, name: str) -> None:
+    with connection(uri) as conn:
+        conn.lookupByName(name).create()
+
+
+def destroy_domain(uri: str, name: str) -> None:
+    with connection(uri) as conn:
+        conn.lookupByName(name).destroy()
+
+
+def undefine_domain(uri: str, name: str) -> None:
+    with connection(uri) as conn:
+        conn.lookupByName(name).undefine()

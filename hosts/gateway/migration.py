@@ -335,6 +335,17 @@ class MigrationRun:
             self.timeout_action_taken = f"{action} failed: {exc.get_error_message()}"
 
 
+def migrate_domain(uri: str, name: str, spec: MigrationSpec) -> None:
+    """migrateToURI3 alone: no samples, no timeout action, no abort. What a
+    watched MigrationRun costs is measured against this, and the lab's own
+    tests migrate with it."""
+    with connection(uri) as conn:
+        dom = conn.lookupByName(name)
+        if spec.max_downtime_ms:
+            dom.migrateSetMaxDowntime(int(spec.max_downtime_ms), 0)
+        dom.migrateToURI3(spec.dconnuri, spec.params(), spec.flags())
+
+
 def completed_job_stats(uri: str, uuid: str) -> dict[str, Any]:
     """Final statistics of the last migration, read where the VM now is
     (with UNDEFINE_SOURCE the source no longer knows the domain)."""

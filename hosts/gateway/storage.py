@@ -125,3 +125,27 @@ def delete_volume(uri: str, path: str) -> bool:
             raise
         vol.delete(0)
         return True
+
+
+def refresh_pool(uri: str, name: str) -> None:
+    """Make the pool see files added or removed behind libvirt's back."""
+    with connection(uri) as conn:
+        conn.storagePoolLookupByName(name).refresh(0)
+
+
+def ensure_dir_pool(uri: str, name: str, directory: str) -> None:
+    """A persistent, autostarted `dir` pool on `directory`, started: libvirt
+    creates a non-shared migration's images only where a pool covers them."""
+    with connection(uri) as conn:
+        try:
+            pool = conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != ErrorCode.NO_STORAGE_POOL:
+                raise
+            root = ET.Element("pool", type="dir")
+            ET.SubElement(root, "name").text = name
+            ET.SubElement(ET.SubElement(root, "target"), "path").text = directory
+            pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+            pool.setAutostart(1)
+        if not pool.isActive():
+            pool.create(0)

@@ -19,12 +19,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import libvirt
-
-from hosts.gateway import STATE_NAMES
+from hosts import gateway
 
 from . import images, network, packages
-from .daemons import Connections, Daemons
+from .daemons import Daemons
 from .guests import BOOT_TIMEOUT_S, DEMO_GUESTS, TICK_TIMEOUT_S, DiskSpec, Guests, GuestSpec, image_path
 from .layout import HOSTS, HostDef, Layout, default_root
 from .network import ROOT_VETH
@@ -61,9 +59,8 @@ class Lab(Layout):
 
     def __init__(self, root: Path | None = None) -> None:
         super().__init__(Path(root) if root else default_root())
-        self._connections = Connections(self)
-        self._daemons = Daemons(self, self._connections)
-        self._guests = Guests(self, self._connections)
+        self._daemons = Daemons(self)
+        self._guests = Guests(self)
 
     @property
     def pki(self) -> LabPki:
@@ -71,10 +68,6 @@ class Lab(Layout):
 
     def image_path(self, guest: str, disk: DiskSpec) -> Path:
         return image_path(self, guest, disk)
-
-    def conn(self, host: str) -> libvirt.virConnect:
-        """A cached connection to the host's daemon (reopened when it died)."""
-        return self._connections.get(host)
 
     # ---------------------------------------------------------- up / down / status
 
@@ -128,13 +121,10 @@ class Lab(Layout):
             answering, guests = False, ()
             if alive:
                 try:
-                    doms = self.conn(key).listAllDomains(0)
-                    guests = tuple(
-                        GuestState(d.name(), STATE_NAMES.get(d.state()[0], "unknown"))
-                        for d in sorted(doms, key=lambda d: d.name())
-                    )
+                    doms = gateway.list_domains(self.uri(key))
+                    guests = tuple(GuestState(d.name, gateway.STATE_NAMES[d.state]) for d in doms)
                     answering = True
-                except (LabError, libvirt.libvirtError):
+                except gateway.GatewayError:
                     pass
             hosts[key] = HostStatus(
                 key,
@@ -217,5 +207,9 @@ class Lab(Layout):
     @contextlib.contextmanager
     def _step(self, label: str) -> Iterator[None]:
         start = time.monotonic()
-        yield
+        try:
+            yield
+        except gateway.GatewayError as exc:
+            # A LabError is what `manage.py lab` and the test fixtures turn into a message.
+            raise LabError(f"{label}: {exc}") from exc
         log.info("%-36s %6.2f s", label, time.monotonic() - start)

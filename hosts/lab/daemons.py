@@ -15,12 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import libvirt
-
 from hosts import gateway
-from hosts.gateway import wait_for
 
-from .layout import BIND_MOUNTS, HOSTS, IMAGES_DIR, LIBVIRT_TCP_PORT, LIBVIRT_TLS_PORT, QEMU, Layout, hostdef
+from .layout import BIND_MOUNTS, HOSTS, IMAGES_DIR, LIBVIRT_TCP_PORT, LIBVIRT_TLS_PORT, QEMU, Layout
 from .system import LabError, probe, process_alive, stop_processes
 
 log = logging.getLogger(__name__)
@@ -36,43 +33,9 @@ DAEMON_START_TIMEOUT_S = 30.0  # libvirtd answers in ~1 s; QEMU probing comes la
 DAEMON_ANSWER_GRACE_S = 5.0
 
 
-class Connections:
-    """The lab's own connections to the daemons, one per host, reopened when a daemon died."""
-
+class Daemons:
     def __init__(self, layout: Layout) -> None:
         self._layout = layout
-        self._conns: dict[str, libvirt.virConnect] = {}
-
-    def get(self, host: str) -> libvirt.virConnect:
-        key = hostdef(host).key
-        conn = self._conns.get(key)
-        if conn is not None:
-            try:
-                conn.getLibVersion()
-                return conn
-            except libvirt.libvirtError:
-                self._conns.pop(key, None)
-        try:
-            conn = libvirt.open(self._layout.uri(key))
-        except libvirt.libvirtError as exc:
-            raise LabError(f"cannot reach lab host {key}'s libvirtd ({exc}); run `manage.py lab up`") from exc
-        self._conns[key] = conn
-        return conn
-
-    def forget(self, key: str) -> None:
-        conn = self._conns.pop(key, None)
-        if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
-        # The gateway pools connections per URI (all hosts, dropped together): one
-        # to a restarted daemon would be dead.
-        gateway.close_all()
-
-
-class Daemons:
-    def __init__(self, layout: Layout, connections: Connections) -> None:
-        self._layout = layout
-        self._connections = connections
         self._children: dict[str, subprocess.Popen] = {}  # daemons this process started, to reap them
 
     def pid(self, key: str) -> int | None:
@@ -91,7 +54,10 @@ class Daemons:
         if self.alive(key):
             # Patience before calling a live daemon hung: restarting it would kill
             # the migrations it is running for someone else.
-            if not changed and not restart and wait_for(lambda: self._answers(key), DAEMON_ANSWER_GRACE_S):
+            if not changed and not restart and gateway.wait_for(lambda: self._answers(key), DAEMON_ANSWER_GRACE_S):
+                # Another process may have restarted it since this one connected:
+                # a pooled connection to it would still pass for alive, and fail.
+                _forget_connections()
                 return
             log.info(
                 "restarting libvirtd %s (%s)", key, "configuration changed" if changed or restart else "not answering"
@@ -120,32 +86,18 @@ class Daemons:
         (qemu-system-x86 brings i386 too): the dashboard's first inventory asks for them."""
 
         def probe_qemu(key: str) -> None:
-            conn = libvirt.open(self._layout.uri(key))
-            try:
-                conn.getCapabilities()
-                conn.getDomainCapabilities(QEMU, "x86_64", None, "qemu", 0)
-            finally:
-                conn.close()
+            gateway.warm(self._layout.uri(key), emulator=QEMU, arch="x86_64", virttype="qemu")
 
         with concurrent.futures.ThreadPoolExecutor(len(HOSTS)) as pool:
             for future in [pool.submit(probe_qemu, key) for key in HOSTS]:
                 try:
                     future.result()
-                except libvirt.libvirtError as exc:
+                except gateway.GatewayError as exc:
                     raise LabError(f"libvirtd cannot use QEMU: {exc}") from exc
 
     def ensure_pool(self, key: str) -> None:
         """A `default` dir pool on the images directory: non-shared migration needs one."""
-        conn = self._connections.get(key)
-        try:
-            pool = conn.storagePoolLookupByName("default")
-        except libvirt.libvirtError:
-            pool = conn.storagePoolDefineXML(
-                f"<pool type='dir'><name>default</name><target><path>{IMAGES_DIR}</path></target></pool>", 0
-            )
-            pool.setAutostart(1)
-        if not pool.isActive():
-            pool.create(0)
+        gateway.ensure_dir_pool(self._layout.uri(key), "default", IMAGES_DIR)
 
     def check_shared_dir(self, key: str) -> None:
         """The shared dir must be the same directory inside each host; it would
@@ -179,11 +131,7 @@ class Daemons:
         return changed
 
     def _answers(self, key: str) -> bool:
-        try:
-            libvirt.open(self._layout.uri(key)).close()
-            return True
-        except libvirt.libvirtError:
-            return False
+        return gateway.answers(self._layout.uri(key))
 
     def _start(self, key: str) -> None:
         hd, d = HOSTS[key], self._layout.host_dir(key)
@@ -207,7 +155,7 @@ class Daemons:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         self._children[key] = proc
         (d / "libvirtd.pid").write_text(str(proc.pid))
-        self._connections.forget(key)
+        _forget_connections()
         deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
         while not self._answers(key):
             if proc.poll() is not None:
@@ -225,7 +173,7 @@ class Daemons:
         if child is not None:
             child.wait()  # reap it, or its zombie would keep the PID
         (self._layout.host_dir(key) / "libvirtd.pid").unlink(missing_ok=True)
-        self._connections.forget(key)
+        _forget_connections()
 
     def _log_tail(self, key: str) -> str:
         d = self._layout.host_dir(key)
@@ -234,6 +182,12 @@ class Daemons:
             if path.exists():
                 lines += [ln for ln in path.read_text(errors="replace").splitlines() if " info " not in ln][-3:]
         return " / ".join(lines) or "(no log)"
+
+
+def _forget_connections() -> None:
+    # Every pooled connection, not only the unix socket's: this process may reach a
+    # restarted daemon by other URIs too (B's TLS port), and each would be dead.
+    gateway.close_all()
 
 
 def _write_if_changed(path: Path, text: str) -> bool:

@@ -15,12 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import libvirt
-
-from hosts.gateway import wait_for
+from hosts import gateway
 
 from . import images
-from .daemons import Connections
 from .layout import HOSTS, IMAGES_DIR, QEMU, SERIAL_LOG_DIR, Layout
 from .system import LabError
 
@@ -106,9 +103,8 @@ def domain_xml(layout: Layout, spec: GuestSpec) -> str:
 
 
 class Guests:
-    def __init__(self, layout: Layout, connections: Connections) -> None:
+    def __init__(self, layout: Layout) -> None:
         self._layout = layout
-        self._connections = connections
         self._specs: dict[str, GuestSpec] = {g.name: g for g in DEMO_GUESTS}
 
     def define(
@@ -140,10 +136,9 @@ class Guests:
         started = []
         for spec in DEMO_GUESTS:
             key = self.where(spec.name)
-            dom = self._lookup(key, spec.name)
-            if not dom.isActive():
+            if not self._lookup(key, spec.name).active:
                 self._layout.serial_log(spec.name, key).unlink(missing_ok=True)
-                dom.create()
+                gateway.start_domain(self._layout.uri(key), spec.name)
                 started.append((spec.name, key))
         for name, key in started:
             self.wait_booted(name, key)
@@ -152,7 +147,7 @@ class Guests:
         """Put the guest back on host A, freshly booted (dirty loop running)."""
         self.park(name)
         self._layout.serial_log(name, "A").unlink(missing_ok=True)
-        self._connections.get("A").lookupByName(name).create()
+        gateway.start_domain(self._layout.uri("A"), name)
         self.wait_booted(name, "A")
 
     def park(self, name: str) -> None:
@@ -161,38 +156,35 @@ class Guests:
         dom_b = self._lookup("B", name)
         xml_b = None
         if dom_b is not None:
-            xml_b = dom_b.XMLDesc(0)
-            if dom_b.isActive():
-                _destroy(dom_b)
-            if dom_b.isPersistent():
-                dom_b.undefine()
+            xml_b = self._remove("B", dom_b)
             self._remove_local_copies("B", xml_b)
         dom_a = self._lookup("A", name)
-        if dom_a is not None and dom_a.isActive():
-            _destroy(dom_a)
+        if dom_a is not None and dom_a.active:
+            _destroy(self._layout.uri("A"), name)
         if name in self._specs:
             self._define(self._specs[name], "A")  # also undoes XML drift (pinning, ...) left by a test
         elif dom_a is None:
             if xml_b is None:
                 raise LabError(f"guest {name!r} is defined on neither host; define_guest() it first")
-            self._connections.get("A").defineXML(xml_b)
+            gateway.define_domain(self._layout.uri("A"), xml_b)
 
     def stop(self, name: str) -> None:
         """Destroy the guest wherever it runs (its definitions stay)."""
         for key in HOSTS:
             dom = self._lookup(key, name)
-            if dom is not None and dom.isActive():
-                _destroy(dom)
+            if dom is not None and dom.active:
+                _destroy(self._layout.uri(key), name)
 
     def stop_all(self) -> None:
         """Destroy every running guest on both hosts."""
-        doms = []
+        running = []
         for key in HOSTS:
-            with contextlib.suppress(LabError, libvirt.libvirtError):  # a dead daemon's QEMUs are stopped with its host
-                doms += self._connections.get(key).listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            uri = self._layout.uri(key)
+            with contextlib.suppress(gateway.GatewayError):  # a dead daemon's QEMUs are stopped with its host
+                running += [(uri, dom.name) for dom in gateway.list_domains(uri, active_only=True)]
         # Each destroy waits ~2 s for a TCG QEMU to exit: side by side they cost one wait.
-        with concurrent.futures.ThreadPoolExecutor(max(len(doms), 1)) as pool:
-            list(pool.map(_destroy, doms))
+        with concurrent.futures.ThreadPoolExecutor(max(len(running), 1)) as pool:
+            list(pool.map(lambda where: _destroy(*where), running))
 
     def remove(self, name: str) -> None:
         """Destroy and undefine the guest on both hosts (a benchmark's own guests)."""
@@ -200,11 +192,7 @@ class Guests:
             dom = self._lookup(key, name)
             if dom is None:
                 continue
-            xml = dom.XMLDesc(0)
-            if dom.isActive():
-                _destroy(dom)
-            if dom.isPersistent():
-                dom.undefine()
+            xml = self._remove(key, dom)
             if key == "B":
                 self._remove_local_copies("B", xml)
         self._specs.pop(name, None)
@@ -213,10 +201,10 @@ class Guests:
         """The host the guest runs on, else the one it is defined on, else None."""
         found = {key: self._lookup(key, name) for key in HOSTS}
         for key, dom in found.items():
-            if dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+            if dom is not None and dom.state == gateway.DomainState.RUNNING:
                 return key
         for key, dom in found.items():
-            if dom is not None and dom.isActive():
+            if dom is not None and dom.active:
                 return key
         return next((key for key, dom in found.items() if dom is not None), None)
 
@@ -232,7 +220,7 @@ class Guests:
 
         while not booted():
             dom = self._lookup(host, name)
-            if dom is None or not dom.isActive():
+            if dom is None or not dom.active:
                 raise LabError(f"guest {name} is not running on host {host}; serial log: {_log_tail(log_path)}")
             if time.monotonic() - start > timeout:
                 raise LabError(f"guest {name} did not boot on host {host} in {timeout:.0f} s: {_log_tail(log_path)}")
@@ -248,16 +236,24 @@ class Guests:
             return log_path.read_text(errors="replace").count("tick ") if log_path.exists() else 0
 
         before = ticks()
-        if not wait_for(lambda: ticks() > before, timeout):
+        if not gateway.wait_for(lambda: ticks() > before, timeout):
             raise LabError(f"guest {name} printed no tick on host {host} in {timeout:.0f} s: {_log_tail(log_path)}")
 
-    def _lookup(self, key: str, name: str) -> libvirt.virDomain | None:
+    def _lookup(self, key: str, name: str) -> gateway.DomainStatus | None:
         try:
-            return self._connections.get(key).lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
+            return gateway.domain_status(self._layout.uri(key), name)
+        except gateway.GatewayError as exc:
             raise LabError(f"host {key}: {exc}") from exc
+
+    def _remove(self, key: str, dom: gateway.DomainStatus) -> str:
+        """Destroy and undefine the domain on the host; its XML as it was."""
+        uri = self._layout.uri(key)
+        xml = gateway.read_domain_xml(uri, dom.name)
+        if dom.active:
+            _destroy(uri, dom.name)
+        if dom.persistent:
+            gateway.undefine_domain(uri, dom.name)
+        return xml
 
     def _define(self, spec: GuestSpec, host: str) -> None:
         for disk in spec.disks:
@@ -266,7 +262,7 @@ class Guests:
             for key in HOSTS if disk.readonly and not disk.shared else (host,):
                 path = self._layout.host_path(key, image_path(self._layout, spec.name, disk))
                 images.create_disk(path, disk.format, disk.size_mib)
-        self._connections.get(host).defineXML(domain_xml(self._layout, spec))
+        gateway.define_domain(self._layout.uri(host), domain_xml(self._layout, spec))
 
     def _remove_local_copies(self, key: str, xml: str) -> None:
         """Delete the host's copies of a guest's non-shared, writable images."""
@@ -277,13 +273,13 @@ class Guests:
             local = self._layout.host_path(key, source.get("file"))
             if local != Path(source.get("file")):  # below a bind mount: this host's own file
                 local.unlink(missing_ok=True)
-        with contextlib.suppress(libvirt.libvirtError):
-            self._connections.get(key).storagePoolLookupByName("default").refresh(0)
+        with contextlib.suppress(gateway.GatewayError):
+            gateway.refresh_pool(self._layout.uri(key), "default")
 
 
-def _destroy(dom: libvirt.virDomain) -> None:
-    with contextlib.suppress(libvirt.libvirtError):  # it may have stopped meanwhile
-        dom.destroy()
+def _destroy(uri: str, name: str) -> None:
+    with contextlib.suppress(gateway.GatewayError):  # it may have stopped meanwhile
+        gateway.destroy_domain(uri, name)
 
 
 def _log_tail(path: Path) -> str:

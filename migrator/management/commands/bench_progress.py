@@ -150,17 +150,15 @@ class Command(BaseCommand):
     def _bare_run(self, lab, a, b, bandwidth) -> float:
         """migrateToURI3 alone: no sampling thread, no database, no channel layer."""
         lab.reset_guest(GUEST)
-        conn = lab.conn("A")
-        dom = conn.lookupByName(GUEST)
         spec = gateway.MigrationSpec(
             dconnuri=b.effective_peer_uri,
             migrate_uri=f"tcp://{b.migration_address}",
             bandwidth_mib_s=bandwidth,
+            max_downtime_ms=500,
             unsafe=True,
         )
-        dom.migrateSetMaxDowntime(500, 0)
         started = time.monotonic()
-        dom.migrateToURI3(spec.dconnuri, spec.params(), spec.flags())
+        gateway.migrate_domain(lab.uri("A"), GUEST, spec)
         return time.monotonic() - started
 
 
