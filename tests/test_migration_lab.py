@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -48,6 +49,19 @@ def migrate(queue, a, b, user, vm_name: str, **overrides) -> Migration:
     work(queue)
     migration.refresh_from_db()
     return migration
+
+
+def cancel_after(migration: Migration, user, seconds: float) -> threading.Thread:
+    """Request a cancel from another thread while this one runs the job."""
+
+    def cancel() -> None:
+        time.sleep(seconds)
+        Migration.objects.get(pk=migration.pk).request_cancel(user)
+        connection.close()
+
+    thread = threading.Thread(target=cancel)
+    thread.start()
+    return thread
 
 
 def report(migration: Migration) -> str:
@@ -126,14 +140,7 @@ def test_it_cancels_a_slow_migration_and_the_vm_stays_on_a(lab, lab_hosts, guest
     guest("web-shared")
     migration = queue_it(a, b, users["operator"], "web-shared", bandwidth_mib_s=2)
 
-    def cancel_soon():
-        time.sleep(4)
-        Migration.objects.get(pk=migration.pk).request_cancel(users["operator"])
-        connection.close()
-
-    import threading
-
-    threading.Thread(target=cancel_soon).start()
+    cancel_after(migration, users["operator"], 4)
     work(queue)
     migration.refresh_from_db()
     print(report(migration))

@@ -5,11 +5,8 @@ disks (R6, R7, R13)."""
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 
 import pytest
-from django.db import connection
 from django.urls import reverse
 
 from hosts import gateway, inventory
@@ -17,9 +14,9 @@ from hosts.connection import connect_uri
 from hosts.lab import DiskSpec
 from migrator.audit.models import AuditEvent
 from migrator.forms import MigrationForm
-from migrator.models import Migration, MigrationState
+from migrator.models import MigrationState
 
-from .test_migration_lab import form_for, migrate, queue_it, report, work
+from .test_migration_lab import cancel_after, form_for, migrate, queue_it, report, work
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 
@@ -98,12 +95,7 @@ def test_it_keeps_the_source_image_when_a_copy_is_cancelled(lab, lab_hosts, gues
     vda = disk_path(a, "db-local", "vda")
     migration = queue_it(a, b, users["operator"], "db-local", bandwidth_mib_s=2)
 
-    def cancel_soon():
-        time.sleep(4)
-        Migration.objects.get(pk=migration.pk).request_cancel(users["operator"])
-        connection.close()
-
-    threading.Thread(target=cancel_soon).start()
+    cancel_after(migration, users["operator"], 4)
     work(queue)
     migration.refresh_from_db()
     print(report(migration))
