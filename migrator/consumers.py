@@ -67,6 +67,7 @@ class MigrationConsumer(AsyncJsonWebsocketConsumer):
                 "sample": event["sample"],
                 "read_at": event.get("read_at"),
                 "convergence_warning": event.get("convergence_warning", ""),
+                "convergence_advice": event.get("convergence_advice"),
             }
         )
 

@@ -1,23 +1,34 @@
 """Carries out one queued migration and records what really happened.
 
 Order: claim the row, re-run the pre-checks, create destination images,
-migrate (sampling progress), then find out where the VM actually runs and
-record that. A failure anywhere leaves the VM running on its source, nothing
-paused on the destination, no image we created left behind, and a record that
-says so (R17).
+migrate (sampling progress, applying the operator's actions), then find out
+where the VM actually runs and record that. A failure anywhere leaves the VM
+running on its source, nothing paused on the destination, no image we created
+left behind, and a record that says so (R17). Two cases leave the VM where it
+is instead: a post-copy that lost its link (its memory is split between the
+hosts: nothing is destroyed or resumed, the record is `interrupted` until
+post-copy is resumed) and a host that does not answer (`attention`, until
+reconciliation can tell). A record says succeeded only when libvirt did.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
-from functools import partial
+from datetime import timedelta
 from typing import Any
 
+import django_rq
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
+from django.db.models import Q
+from django.utils import timezone
+from redis.exceptions import RedisError
 
 from hosts import gateway, inventory
 from hosts.connection import connect_uri
@@ -25,11 +36,61 @@ from hosts.models import Host
 
 from . import live
 from .audit.models import AuditEvent
-from .models import Migration, MigrationState, completed_stats, final_sample_stats
+from .failures import Circumstances, ExplainedFailure, explain, with_libvirt_text
+from .models import (
+    WORKING_STATES,
+    Migration,
+    MigrationAction,
+    MigrationState,
+    completed_stats,
+    final_sample_stats,
+)
 from .parameters import MigrationParameters, disk_words
 from .prechecks import run_prechecks
 
 log = logging.getLogger(__name__)
+
+
+class Lease:
+    """Renews the record's heartbeat from a thread of its own while the
+    worker holds it, through database restarts (a failed renewal is retried
+    on the next beat with a fresh connection)."""
+
+    def __init__(self, migration: Migration) -> None:
+        self.migration = migration
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{migration.pk}", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop.wait(settings.MIGRATION_HEARTBEAT_S):
+                try:
+                    self.migration.renew_lease()
+                except DatabaseError:
+                    log.warning("migration %s: could not renew the lease; retrying", self.migration.pk)
+                    connections.close_all()
+        finally:
+            connections.close_all()
+
+
+@dataclasses.dataclass
+class Whereabouts:
+    """The VM on both hosts after the job; None where the host did not answer."""
+
+    source: gateway.Placement | None
+    destination: gateway.Placement | None
+
+    @property
+    def postcopy(self) -> bool:
+        return any(p is not None and p.postcopy for p in (self.source, self.destination))
 
 
 class Executor:
@@ -41,13 +102,31 @@ class Executor:
         # the snapshot URIs serve only when a host was removed.
         self.src_uri = connect_uri(migration.source) if migration.source else migration.source_uri
         self.dst_uri = connect_uri(migration.destination) if migration.destination else migration.destination_uri
+        # Stall watch (in the monitor thread): when data last moved.
+        self._moved_at = time.monotonic()
+        self._last_processed = -1
+        self._stalled_since: float | None = None
+        self._stalls: list[str] = []
+        self._started = time.monotonic()
 
     def run(self) -> Migration:
         m = self.migration
         if not m.claim(os.getpid(), socket.gethostname()):
             return m
+        return self._holding(self._run)
+
+    def resume(self) -> Migration:
+        """Resume an interrupted post-copy (VIR_MIGRATE_POSTCOPY_RESUME)."""
+        m = self.migration
+        if not m.claim_resume(os.getpid(), socket.gethostname()):
+            return m
+        return self._holding(self._resume)
+
+    def _holding(self, work) -> Migration:
+        m = self.migration
         try:
-            self._run()
+            with Lease(m):
+                work()
         except Exception as exc:  # noqa: BLE001 - the record must say what happened, whatever it was
             log.exception("migration %s crashed", m.pk)
             self._settle_failure(gateway.GatewayError(f"Internal error in the worker: {exc}"))
@@ -82,45 +161,112 @@ class Executor:
             return
         self._create_images(destination)
         spec = self.parameters.to_spec(destination)
+        if self._cancel_requested():
+            self._settle_failure(None, cancelled=True, note="Cancelled before copying started.")
+            return
+        m.log("migrating", f"migrateToURI3 to {spec.dconnuri} (flags {spec.flags()}).")
+        self._migrate(spec)
+
+    def _resume(self) -> None:
+        m = self.migration
+        if m.destination is None:
+            m.interrupt(m.error_message, "The destination was removed from the dashboard; post-copy cannot be resumed.")
+            return
+        where = self._whereabouts()
+        if self._completed_by_itself(where):
+            return
+        spec = dataclasses.replace(self.parameters.to_spec(m.destination), postcopy_resume=True)
+        m.log("resuming", f"Resuming post-copy to {spec.dconnuri}.")
+        self._migrate(spec)
+
+    def _migrate(self, spec: gateway.MigrationSpec) -> None:
+        m = self.migration
         run = gateway.MigrationRun(
             self.src_uri,
             m.vm_uuid,
             spec,
             on_sample=self._on_sample,
             should_abort=self._cancel_requested,
-            # The monitor thread's samples and cancel checks open its own database connection.
+            pending_actions=self._pending_actions,
+            on_action=self._on_action,
+            on_postcopy=m.mark_postcopy,
+            # The monitor thread's callbacks use its own database connection:
+            # a failed one is dropped, and the next tick opens a fresh one.
+            on_callback_error=lambda exc: connections.close_all(),
             on_monitor_end=connections.close_all,
             sample_interval_s=settings.MIGRATION_SAMPLE_INTERVAL_S,
         )
-        m.log("migrating", f"migrateToURI3 to {spec.dconnuri} (flags {spec.flags()}).")
         outcome = run.run()
-        Migration.objects.filter(pk=m.pk).update(
-            applied_parameters={
-                **outcome.applied,
-                "pin_mode": outcome.pin_mode,
-                "timeout_action_taken": outcome.timeout_action_taken,
-                "compression": spec.compression or None,
-            }
-        )
+        applied = {
+            **outcome.applied,
+            "pin_mode": outcome.pin_mode,
+            "timeout_action_taken": outcome.timeout_action_taken,
+            "compression": spec.compression or None,
+        }
+        if spec.postcopy_resume:
+            applied = {**m.applied_parameters, "resumed_flags": outcome.applied.get("flags")}
+        Migration.objects.filter(pk=m.pk).update(applied_parameters=applied)
         m.refresh_from_db()
         if outcome.completed:
             self._settle_success(run, outcome)
-        elif run.aborted and m.state == MigrationState.CANCELLING:
-            self._settle_failure(outcome.error, cancelled=True)
-        else:
-            if outcome.timeout_action_taken == "abort":
-                note = f"Timeout of {spec.timeout_s} s reached: aborted as requested."
-                self._settle_failure(outcome.error, note=note)
-            else:
-                self._settle_failure(outcome.error)
+            return
+        note = ""
+        if outcome.timeout_action_taken == "abort":
+            note = f"Timeout of {spec.timeout_s} s reached: aborted as requested."
+        cancelled = run.aborted and m.state == MigrationState.CANCELLING
+        self._settle_failure(outcome.error, cancelled=cancelled, note=note, outcome=outcome)
 
     def _on_sample(self, stats: dict[str, Any]) -> None:
         read_at = time.time()
         sample = self.migration.progress(stats)
-        live.publish_sample(self.migration, sample.as_dict(), read_at)
+        payload = sample.as_dict()
+        payload["stalled_s"] = self._watch_stall(stats)
+        live.publish_sample(self.migration, payload, read_at)
+
+    def _watch_stall(self, stats: dict[str, Any]) -> int:
+        """Seconds since data last moved, once that is a stall; 0 otherwise.
+        libvirt keeps reporting the last throughput through an outage: only
+        the processed counter standing still shows it."""
+        m, now = self.migration, time.monotonic()
+        processed = int(stats.get("data_processed") or 0)
+        if processed > self._last_processed:
+            self._last_processed, self._moved_at = processed, now
+            if self._stalled_since is not None:
+                lasted = now - self._stalled_since + settings.MIGRATION_STALL_S
+                at = self._stalled_since - self._started - settings.MIGRATION_STALL_S
+                self._stalls.append(f"nothing moved for {lasted:.0f} s from {max(at, 0):.0f} s")
+                m.log("moving", f"Data moves again after {lasted:.0f} s.")
+                self._stalled_since = None
+            return 0
+        idle = now - self._moved_at
+        if idle < settings.MIGRATION_STALL_S:
+            return 0
+        if self._stalled_since is None:
+            self._stalled_since = now
+            m.log(
+                "stalled",
+                f"No data moved for {settings.MIGRATION_STALL_S:.0f} s: the hosts may have lost each other.",
+            )
+        return int(idle)
 
     def _cancel_requested(self) -> bool:
         return Migration.objects.filter(pk=self.migration.pk, state=MigrationState.CANCELLING).exists()
+
+    def _pending_actions(self) -> list[gateway.JobAction]:
+        pending = MigrationAction.objects.filter(migration_id=self.migration.pk, applied_at__isnull=True)
+        return [gateway.JobAction(a.pk, a.kind, a.value) for a in pending]
+
+    def _on_action(self, action: gateway.JobAction, ok: bool, message: str, stats: dict[str, Any]) -> None:
+        m = self.migration
+        row = MigrationAction.objects.get(pk=action.id)
+        elapsed = stats.get("time_elapsed")
+        MigrationAction.objects.filter(pk=action.id).update(
+            applied_at=timezone.now(), ok=ok, result=message, elapsed_ms=elapsed
+        )
+        m.log("action" if ok else "action refused", f"{row.label} (asked by {row.requested_by_username}): {message}")
+        m.announce()
+
+    # ------------------------------------------------------------ images
 
     def _disk_plan(self) -> list[dict[str, Any]]:
         m, p = self.migration, self.parameters
@@ -183,23 +329,20 @@ class Executor:
 
     # ------------------------------------------------------------ outcomes
 
-    def _settle_success(self, run: gateway.MigrationRun, outcome: gateway.MigrationOutcome) -> None:
+    def _settle_success(self, run: gateway.MigrationRun | None, outcome: gateway.MigrationOutcome | None) -> None:
         m = self.migration
-        stats = {}
-        try:
-            stats = gateway.completed_job_stats(self.dst_uri, m.vm_uuid)
-        except gateway.GatewayError:
-            pass
-        final = completed_stats(outcome.stats, stats)
+        stats = self._safe(lambda: gateway.completed_job_stats(self.dst_uri, m.vm_uuid)) or {}
+        final = completed_stats(outcome.stats if outcome else {}, stats)
         # The last reading can predate the end by a whole sampling interval
         # (a sub-second migration has one or two): the chart ends on the truth.
         self._on_sample(final_sample_stats(final))
-        notes = []
-        if outcome.timeout_action_taken == "suspend":
+        notes = self._stall_notes()
+        taken = outcome.timeout_action_taken if outcome else ""
+        if taken == "suspend":
             notes.append("The timeout suspended the VM so the copy could finish; the downtime includes that pause.")
-        elif outcome.timeout_action_taken == "postcopy":
+        elif taken == "postcopy":
             notes.append("The timeout switched the migration to post-copy.")
-        if outcome.pin_mode == "emulator":
+        if run is not None and outcome is not None and outcome.pin_mode == "emulator":
             try:
                 run.restore_pin_on(self.dst_uri)
                 notes.append(
@@ -208,78 +351,212 @@ class Executor:
                 )
             except gateway.GatewayError as error:
                 notes.append(f"Could not remove the emulator pin on the destination: {error.message}")
+        notes.extend(self._leave_one_definition())
         state = self._safe(lambda: gateway.vm_state(self.dst_uri, m.vm_uuid))
         notes.append(f"The VM is {state or 'not found'} on {m.destination_name}.")
         if state in gateway.RUNNING_STATES:
             notes.extend(self._remove_source_images())
         m.finish(final, note=" ".join(notes))
 
-    def _settle_failure(self, error, *, cancelled: bool = False, note: str = "") -> None:
-        """Find where the VM is, clean the destination, and record it truthfully."""
+    def _leave_one_definition(self) -> list[str]:
+        """UNDEFINE_SOURCE, when the job ended outside libvirt's own call (a
+        resumed post-copy, a reconciled job): the VM is defined on one host."""
         m = self.migration
-        on_source = self._safe(lambda: gateway.vm_state(self.src_uri, m.vm_uuid))
-        on_dest = self._safe(lambda: gateway.vm_state(self.dst_uri, m.vm_uuid))
-        if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
-            # libvirt reported an error after the switch-over: the VM moved.
-            stats = self._safe(lambda: gateway.completed_job_stats(self.dst_uri, m.vm_uuid)) or {}
-            m.finish(
-                stats,
-                note=f"libvirt reported '{error}' after the switch-over, but the VM runs on {m.destination_name}.",
-            )
+        spec = self.parameters.to_spec(m.destination) if m.destination else None
+        if spec is not None and not spec.undefine_source:
+            return []
+        if self._safe(lambda: gateway.forget_inactive_copy(self.src_uri, m.vm_uuid)):
+            return [f"Removed the VM's shut-off definition from {m.source_name}."]
+        return []
+
+    def _stall_notes(self) -> list[str]:
+        if self._stalled_since is not None:
+            idle = time.monotonic() - self._moved_at
+            self._stalls.append(f"nothing moved for the last {idle:.0f} s")
+            self._stalled_since = None
+        return [f"The migration stalled: {'; '.join(self._stalls)}."] if self._stalls else []
+
+    def _whereabouts(self) -> Whereabouts:
+        m = self.migration
+        return Whereabouts(
+            self._placement(self.src_uri, m.source_name), self._placement(self.dst_uri, m.destination_name)
+        )
+
+    def _placement(self, uri: str, name: str) -> gateway.Placement | None:
+        try:
+            return gateway.placement(uri, self.migration.vm_uuid)
+        except gateway.GatewayError as error:
+            log.warning("migration %s: %s does not answer: %s", self.migration.pk, name, error)
+            return None
+
+    def _completed_by_itself(self, where: Whereabouts) -> bool:
+        """The job completed inside libvirt (libvirt's own completed-job
+        statistics on the destination say so) although its call failed or
+        its worker died: record the success."""
+        m = self.migration
+        src, dst = where.source, where.destination
+        if dst is None or not dst.running or dst.postcopy or src is None or src.running or src.postcopy:
+            return False
+        stats = self._safe(lambda: gateway.completed_job_stats(self.dst_uri, m.vm_uuid))
+        if not stats:
+            return False
+        m.log("completed", f"libvirt on {m.destination_name} reports the migration completed.")
+        self._settle_success(None, gateway.MigrationOutcome(True, stats))
+        return True
+
+    def _settle_failure(
+        self,
+        error: gateway.GatewayError | None,
+        *,
+        cancelled: bool = False,
+        note: str = "",
+        outcome: gateway.MigrationOutcome | None = None,
+    ) -> None:
+        """Find where the VM is and record it truthfully: a success libvirt
+        confirms, an interrupted post-copy (touch nothing), a host that does
+        not answer (needs attention), or a failure cleaned up on the destination."""
+        m = self.migration
+        m.refresh_from_db()
+        where = self._whereabouts()
+        src, dst = where.source, where.destination
+        postcopy = bool(where.postcopy or m.postcopy_started_at or (outcome and outcome.postcopy_started))
+        seen = Circumstances(
+            m.source_name,
+            m.destination_name,
+            source_answers=src is not None,
+            destination_answers=dst is not None,
+            source_connection_lost=bool(outcome and outcome.source_connection_lost),
+            postcopy_started=postcopy,
+        )
+        if error is not None and not isinstance(error, ExplainedFailure):
+            error = with_libvirt_text(explain(error, seen), error)
+        if self._completed_by_itself(where):
             return
         notes = [note] if note else []
-        if on_dest is not None and on_dest not in gateway.RUNNING_STATES:
+        notes.extend(self._stall_notes())
+        if postcopy and dst is not None and dst.state is None:
+            m.need_attention(
+                error or "Post-copy ended without the VM on the destination.",
+                " ".join(
+                    [
+                        *notes,
+                        f"Post-copy had started, but {m.destination_name} no longer has the VM; "
+                        f"{m.source_name} holds {src.state if src else 'an unknown state'}. Check the VM by hand.",
+                    ]
+                ),
+            )
+            return
+        if postcopy:
+            m.interrupt(
+                error or "Post-copy did not complete.",
+                " ".join(
+                    [
+                        *notes,
+                        f"Post-copy was interrupted: the VM runs on {m.destination_name} while part of its memory is "
+                        f"still on {m.source_name}. Do not stop, destroy or resume it on either host. Once the hosts "
+                        "see each other again, resume post-copy.",
+                    ]
+                ),
+            )
+            return
+        if src is None:
+            m.need_attention(
+                error or f"{m.source_name} does not answer.",
+                " ".join(
+                    [
+                        *notes,
+                        f"{m.source_name} does not answer, so where the VM runs is not known yet; "
+                        "the dashboard keeps checking and settles the record when it can.",
+                    ]
+                ),
+            )
+            return
+        if dst is not None and dst.state is not None and not dst.running:
             if self._safe(lambda: gateway.destroy_leftover(self.dst_uri, m.vm_uuid)):
                 notes.append(f"Removed the paused copy left on {m.destination_name}.")
+        elif dst is None:
+            notes.append(f"{m.destination_name} did not answer: a paused incoming copy may be left there.")
         for path in self.created_images:
             if self._safe(lambda p=path: gateway.delete_volume(self.dst_uri, p) or True):
                 notes.append(f"Deleted {path} created on {m.destination_name}.")
-        if on_source == "paused":
-            # A suspend-on-timeout that then failed must not leave the guest paused.
+        if src.state == "paused":
+            # A suspend (the timeout's or a force complete) that then failed
+            # must not leave the guest paused; never after a post-copy switch.
             self._safe(lambda: gateway.resume_vm(self.src_uri, m.vm_uuid))
-            on_source = self._safe(lambda: gateway.vm_state(self.src_uri, m.vm_uuid))
-        if on_source in gateway.RUNNING_STATES:
+            src = self._placement(self.src_uri, m.source_name) or src
+        if src.running:
             notes.append(f"The VM is still running on {m.source_name}.")
             location = m.source_name
+        elif dst is not None and dst.running:
+            m.need_attention(
+                error or "libvirt did not confirm the migration.",
+                " ".join(
+                    [
+                        *notes,
+                        f"The VM runs on {m.destination_name} but libvirt did not report the migration "
+                        f"completed; {m.source_name} has it {src.state or 'not defined'}. Check it before acting.",
+                    ]
+                ),
+            )
+            return
         else:
             notes.append(
-                f"Warning: the VM is {on_source or 'not found'} on {m.source_name} and "
-                f"{on_dest or 'not found'} on {m.destination_name}; check it by hand."
+                f"Warning: the VM is {src.state or 'not found'} on {m.source_name} and "
+                f"{(dst.state or 'not found') if dst else 'unknown'} on {m.destination_name}; check it by hand."
             )
             location = "unknown"
         if cancelled:
             m.mark_cancelled(vm_location=location, note=" ".join(notes))
         else:
-            m.fail(error, vm_location=location, note=" ".join(notes))
+            m.fail(error or "The migration did not complete.", vm_location=location, note=" ".join(notes))
 
     def settle_orphan(self, wait_s: float) -> None:
         """Settle this record after its worker died: wait for (or abort) the job
         still running inside the source libvirtd, then record where the VM runs."""
         m = self.migration
-        m.log("reconcile", f"Worker {m.worker_pid}@{m.worker_host} is gone; asking {m.source_name} for the job.")
-        try:
-            deadline = time.monotonic() + wait_s
-            while gateway.active_job(self.src_uri, m.vm_uuid):
-                if m.state == MigrationState.CANCELLING or time.monotonic() > deadline:
-                    gateway.abort_job(self.src_uri, m.vm_uuid)
-                time.sleep(0.5)
-                m.refresh_from_db()
-        except gateway.GatewayError as error:
-            log.warning("reconcile %s: %s", m.pk, error)
-        on_source = self._safe(partial(gateway.vm_state, self.src_uri, m.vm_uuid))
-        on_dest = self._safe(partial(gateway.vm_state, self.dst_uri, m.vm_uuid))
-        if on_dest in gateway.RUNNING_STATES and on_source not in gateway.RUNNING_STATES:
-            stats = self._safe(partial(gateway.completed_job_stats, self.dst_uri, m.vm_uuid)) or {}
-            m.finish(
-                stats,
-                note="The worker died, but the migration completed inside libvirt; "
-                f"the VM runs on {m.destination_name}.",
-            )
-        else:
-            error = gateway.GatewayError("The worker running this migration died; the migration did not complete.")
+        m.log(
+            "reconcile",
+            f"The worker {m.worker_pid}@{m.worker_host} stopped renewing its lease; asking "
+            f"{m.source_name} for the job.",
+        )
+        with Lease(m):
+            try:
+                deadline = time.monotonic() + wait_s
+                while gateway.active_job(self.src_uri, m.vm_uuid):
+                    cancelling = m.state == MigrationState.CANCELLING
+                    if (cancelling or time.monotonic() > deadline) and m.postcopy_started_at is None:
+                        gateway.abort_job(self.src_uri, m.vm_uuid)
+                    time.sleep(0.5)
+                    m.refresh_from_db()
+            except gateway.GatewayError as error:
+                log.warning("reconcile %s: %s", m.pk, error)
+            error = ExplainedFailure("The worker running this migration stopped before the migration ended.")
             self._settle_failure(error, cancelled=m.state == MigrationState.CANCELLING)
         m.refresh_from_db()
+        if m.state == MigrationState.SUCCEEDED:
+            Migration.objects.filter(pk=m.pk).update(
+                outcome_note=f"The worker stopped, but the migration completed inside libvirt. {m.outcome_note}"
+            )
+            m.refresh_from_db()
         self._refresh_inventory()
+
+    def recheck(self) -> None:
+        """An interrupted or needs-attention record: settle it once the hosts
+        tell where the VM is (post-copy that finished by itself, a host that
+        answers again). An interrupted post-copy stays as it is otherwise."""
+        m = self.migration
+        where = self._whereabouts()
+        if self._completed_by_itself(where):
+            m.refresh_from_db()
+            self._refresh_inventory()
+            return
+        if m.state == MigrationState.ATTENTION and where.source is not None and where.destination is not None:
+            if where.postcopy:
+                m.interrupt(m.error_message or "Post-copy did not complete.", m.outcome_note)
+            else:
+                self._settle_failure(ExplainedFailure(m.error_message or "The migration did not complete."))
+            m.refresh_from_db()
+            self._refresh_inventory()
 
     def _safe(self, fn):
         try:
@@ -292,41 +569,81 @@ class Executor:
         m = self.migration
         for host in (m.source, m.destination):
             if host is not None:
-                try:
+                with contextlib.suppress(gateway.GatewayError):
                     inventory.refresh_vm(host, m.vm_uuid)
-                except gateway.GatewayError:
-                    pass
 
 
 # ------------------------------------------------------------ reconciliation
 
 
-def _worker_alive(m: Migration) -> bool:
-    if m.worker_host and m.worker_host != socket.gethostname():
-        # Another machine's worker: that machine's reconciler settles it.
-        return True
-    if not m.worker_pid:
-        return False
-    try:
-        os.kill(m.worker_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _lease_expired() -> Q:
+    cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_LEASE_S)
+    return Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+
+
+def take_over(m: Migration) -> bool:
+    """Claim a record whose lease ran out, so that one reconciler (of any
+    number, on any machine) settles it."""
+    won = (
+        Migration.objects.filter(_lease_expired(), pk=m.pk, state__in=WORKING_STATES).update(
+            heartbeat_at=timezone.now(), worker_pid=os.getpid(), worker_host=socket.gethostname()
+        )
+        == 1
+    )
+    m.refresh_from_db()
+    return won
+
+
+def requeue_lost_jobs() -> list[Migration]:
+    """Queued records whose RQ job is gone (Redis lost it, or it failed
+    before claiming the record): queue them again, a few times, then fail
+    them; the VM was never touched."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from .jobs import QUEUE, enqueue_migration
+
+    cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_LEASE_S)
+    requeued = []
+    redis = django_rq.get_connection(QUEUE)
+    for m in Migration.objects.filter(state=MigrationState.QUEUED, created_at__lt=cutoff):
+        try:
+            status = Job.fetch(m.rq_job_id, connection=redis).get_status() if m.rq_job_id else None
+        except NoSuchJobError:
+            status = None
+        if status in ("queued", "started", "deferred", "scheduled"):
+            continue
+        tries = m.events.filter(state="requeued").count()
+        if tries >= settings.MIGRATION_REQUEUE_LIMIT:
+            m.fail(
+                f"The migration's job was lost {tries} times before it could start.",
+                vm_location=m.source_name,
+                note="Nothing was changed; the VM keeps running on the source. Check the workers and Redis.",
+            )
+            continue
+        m.log("requeued", f"The job was {'lost' if status is None else status}; queued again.")
+        enqueue_migration(m.pk)
+        requeued.append(m)
+    return requeued
 
 
 def reconcile(wait_s: float = 600) -> list[Migration]:
-    """Finish records whose worker died mid-migration.
-
-    Killing the client does not stop a peer-to-peer migration: the job goes
-    on inside the source libvirtd. Ask the source for it, abort it if a cancel
-    was requested (otherwise let it end), then record where the VM runs.
-    """
+    """Settle records whose worker stopped: a running record whose lease ran
+    out (killing the client does not stop a peer-to-peer migration: the job
+    goes on inside the source libvirtd), an interrupted or needs-attention
+    record the hosts can now settle, a queued record whose job is gone."""
     settled = []
-    for m in Migration.objects.filter(state__in=[MigrationState.RUNNING, MigrationState.CANCELLING]):
-        if _worker_alive(m):
-            continue
-        Executor(m).settle_orphan(wait_s)
-        settled.append(m)
+    for m in Migration.objects.filter(_lease_expired(), state__in=WORKING_STATES):
+        if take_over(m):
+            Executor(m).settle_orphan(wait_s)
+            settled.append(m)
+    for m in Migration.objects.filter(state__in=[MigrationState.INTERRUPTED, MigrationState.ATTENTION]):
+        Executor(m).recheck()
+        m.refresh_from_db()
+        if m.state not in (MigrationState.INTERRUPTED, MigrationState.ATTENTION):
+            settled.append(m)
+    try:
+        requeue_lost_jobs()
+    except RedisError:
+        log.warning("Redis does not answer: lost jobs are queued again next round")
     return settled

@@ -12,6 +12,7 @@ from hosts import gateway
 from hosts.inventory import disk_verdicts
 from hosts.models import Host, StorageClass, VirtualMachine
 
+from .models import ActionKind
 from .parameters import LEVEL_RANGES, MigrationParameters
 from .prechecks import Report, run_prechecks
 
@@ -91,6 +92,17 @@ class MigrationForm(forms.Form):
     auto_converge = forms.BooleanField(
         required=False,
         help_text="Throttle the guest's vCPUs when memory is dirtied faster than it is sent, so it converges.",
+    )
+    allow_postcopy = forms.BooleanField(
+        required=False,
+        label="Allow post-copy",
+        help_text=(
+            "Lets you switch to post-copy while it runs (or the timeout do it): the VM moves to the destination at "
+            "once and fetches the rest of its memory over the network. Until it ends, the VM needs both hosts and "
+            "the link between them: a network break splits its memory between the hosts (the dashboard can resume "
+            "it once they see each other again), and a power loss or restart of either host loses the VM. "
+            "Not with compression or parallel connections."
+        ),
     )
     timeout_s = forms.IntegerField(
         min_value=1,
@@ -295,6 +307,14 @@ class MigrationForm(forms.Form):
                 f"{method} compresses multifd channels: set parallel connections to 2 or more, "
                 "or choose another method.",
             )
+        postcopy = cleaned.get("allow_postcopy") or (timeout and action == "postcopy")
+        if postcopy and method in ("mt", "zlib", "zstd"):
+            self.add_error("compression", "QEMU cannot combine post-copy with compression; choose one of the two.")
+        elif postcopy and parallel >= 2:
+            self.add_error(
+                "parallel_connections",
+                "QEMU cannot combine post-copy with parallel connections; choose one of the two.",
+            )
         if method == "xbzrle" and parallel >= 2:
             self.add_error("compression", "xbzrle does not work with parallel connections; choose one of the two.")
         level = cleaned.get("compression_level")
@@ -320,3 +340,30 @@ class MigrationForm(forms.Form):
     def parameters(self) -> MigrationParameters:
         """The requested parameters, as the record stores them."""
         return MigrationParameters.from_form(self.cleaned_data, self.vm.disks)
+
+
+class ActionForm(forms.Form):
+    """An action on a running migration (see migrator.actions)."""
+
+    kind = forms.ChoiceField(
+        choices=ActionKind.choices, error_messages={"invalid_choice": "Choose an action the page offers."}
+    )
+    value = forms.IntegerField(
+        required=False,
+        min_value=1,
+        error_messages={"invalid": "Enter a whole number.", "min_value": "Enter 1 or more."},
+    )
+
+
+class SettleForm(forms.Form):
+    """A superuser's verdict on a record the dashboard cannot settle."""
+
+    state = forms.ChoiceField(
+        choices=[
+            ("failed", "Failed: the VM stayed on (or went back to) the source"),
+            ("succeeded", "Succeeded: the VM runs on the destination"),
+            ("cancelled", "Cancelled"),
+        ]
+    )
+    vm_location = forms.CharField(max_length=100, label="Where the VM runs now")
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=2000, label="Reason")

@@ -63,6 +63,11 @@ def run_migration(migration_id: int) -> str:
     return Executor(migration).run().state
 
 
+def resume_postcopy(migration_id: int) -> str:
+    migration = Migration.objects.get(pk=migration_id)
+    return Executor(migration).resume().state
+
+
 def enqueue_migration(migration_id: int) -> None:
     job = django_rq.get_queue(QUEUE).enqueue(
         run_migration, migration_id, job_timeout=-1, description=f"migration #{migration_id}"

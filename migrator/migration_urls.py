@@ -11,4 +11,7 @@ urlpatterns = [
     path("new/", wizard.new_migration, name="new"),
     path("<int:pk>/", views.migration_detail, name="detail"),
     path("<int:pk>/cancel/", views.migration_cancel, name="cancel"),
+    path("<int:pk>/action/", views.migration_action, name="action"),
+    path("<int:pk>/resume/", views.migration_resume, name="resume"),
+    path("<int:pk>/settle/", views.migration_settle, name="settle"),
 ]

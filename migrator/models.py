@@ -33,17 +33,35 @@ class MigrationState(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     CANCELLING = "cancelling", "Cancelling"
+    # Post-copy lost its link: the VM runs on the destination while part of
+    # its memory is still on the source. Neither side may be stopped.
+    INTERRUPTED = "interrupted", "Post-copy interrupted"
+    # The worker could not learn where the VM runs (a host did not answer):
+    # reconciliation keeps asking until it can tell.
+    ATTENTION = "attention", "Needs attention"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
 
 
-ACTIVE_STATES = (MigrationState.QUEUED, MigrationState.RUNNING, MigrationState.CANCELLING)
+ACTIVE_STATES = (
+    MigrationState.QUEUED,
+    MigrationState.RUNNING,
+    MigrationState.CANCELLING,
+    MigrationState.INTERRUPTED,
+    MigrationState.ATTENTION,
+)
+# States a script waits through: the worker still has the last word.
+IN_FLIGHT_STATES = (MigrationState.QUEUED, MigrationState.RUNNING, MigrationState.CANCELLING)
+# States in which a worker holds the migration and renews its lease.
+WORKING_STATES = (MigrationState.RUNNING, MigrationState.CANCELLING)
 FINAL_STATES = (MigrationState.SUCCEEDED, MigrationState.FAILED, MigrationState.CANCELLED)
 STATE_BADGES = {
     MigrationState.QUEUED: "secondary",
     MigrationState.RUNNING: "primary",
     MigrationState.CANCELLING: "warning",
+    MigrationState.INTERRUPTED: "danger",
+    MigrationState.ATTENTION: "warning",
     MigrationState.SUCCEEDED: "success",
     MigrationState.FAILED: "danger",
     MigrationState.CANCELLED: "dark",
@@ -103,6 +121,10 @@ class Migration(AppendOnlyModel):
     rq_job_id = models.CharField(max_length=64, blank=True)
     worker_pid = models.IntegerField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True)
+    # The worker's lease: renewed every few seconds while it holds the record;
+    # a record whose lease ran out has lost its worker, whatever its pid.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    postcopy_started_at = models.DateTimeField(null=True, blank=True)
 
     # Outcome.
     last_sample = models.JSONField(default=dict, blank=True)
@@ -131,7 +153,7 @@ class Migration(AppendOnlyModel):
             # R2: never two migrations of the same VM at once, whatever races.
             models.UniqueConstraint(
                 fields=["vm_uuid"],
-                condition=Q(state__in=["queued", "running", "cancelling"]),
+                condition=Q(state__in=["queued", "running", "cancelling", "interrupted", "attention"]),
                 name="one_active_migration_per_vm",
             )
         ]
@@ -149,6 +171,18 @@ class Migration(AppendOnlyModel):
     @property
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state in IN_FLIGHT_STATES
+
+    @property
+    def can_cancel(self) -> bool:
+        """Queued, or running in pre-copy: once post-copy started the
+        destination owns the VM and there is nothing to go back to."""
+        if self.state == MigrationState.QUEUED:
+            return True
+        return self.state == MigrationState.RUNNING and self.postcopy_started_at is None
 
     @property
     def group_name(self) -> str:
@@ -171,15 +205,48 @@ class Migration(AppendOnlyModel):
 
     def claim(self, worker_pid: int | None = None, worker_host: str = "") -> bool:
         """queued → running; False when someone else claimed or cancelled it."""
+        now = timezone.now()
         won = self._transition(
             (MigrationState.QUEUED,),
             state=MigrationState.RUNNING,
-            started_at=timezone.now(),
+            started_at=now,
+            heartbeat_at=now,
             worker_pid=worker_pid,
             worker_host=worker_host,
         )
         if won:
             self.log("running", "Worker claimed the migration.")
+        return won
+
+    def claim_resume(self, worker_pid: int | None = None, worker_host: str = "") -> bool:
+        """interrupted → running, for the job that resumes post-copy."""
+        won = self._transition(
+            (MigrationState.INTERRUPTED,),
+            state=MigrationState.RUNNING,
+            heartbeat_at=timezone.now(),
+            worker_pid=worker_pid,
+            worker_host=worker_host,
+        )
+        if won:
+            self.log("resuming", "Worker claimed the migration to resume post-copy.")
+        return won
+
+    def renew_lease(self) -> bool:
+        """The worker's heartbeat; False once the record left its hands."""
+        return Migration.objects.filter(pk=self.pk, state__in=WORKING_STATES).update(heartbeat_at=timezone.now()) == 1
+
+    def mark_postcopy(self) -> bool:
+        """Record the switch to post-copy (once)."""
+        won = (
+            Migration.objects.filter(pk=self.pk, postcopy_started_at__isnull=True).update(
+                postcopy_started_at=timezone.now()
+            )
+            == 1
+        )
+        if won:
+            self.refresh_from_db()
+            self.log("postcopy", "Switched to post-copy: the VM now runs on the destination.")
+            transaction.on_commit(self.announce)
         return won
 
     def progress(self, sample: dict[str, Any]) -> MigrationSample:
@@ -219,6 +286,57 @@ class Migration(AppendOnlyModel):
             self.log("failed", f"{details.get('message', error)} {note}".strip())
         return won
 
+    def interrupt(self, error: Any, note: str) -> bool:
+        """Post-copy lost its link: nothing may be destroyed or resumed; the
+        operator resumes post-copy once the hosts see each other again."""
+        details = error.as_dict() if hasattr(error, "as_dict") else {"message": str(error)}
+        won = self._transition(
+            ACTIVE_STATES,
+            state=MigrationState.INTERRUPTED,
+            error_message=details.get("message", str(error)),
+            error_code=details.get("code"),
+            error_domain=details.get("domain"),
+            error_details=details,
+            vm_location=f"split between {self.source_name} and {self.destination_name}",
+            outcome_note=note,
+        )
+        if won:
+            self.log("interrupted", f"{details.get('message', error)} {note}".strip())
+        return won
+
+    def need_attention(self, error: Any, note: str) -> bool:
+        """Where the VM runs cannot be known now (a host does not answer)."""
+        details = error.as_dict() if hasattr(error, "as_dict") else {"message": str(error)}
+        won = self._transition(
+            (MigrationState.RUNNING, MigrationState.CANCELLING, MigrationState.ATTENTION),
+            state=MigrationState.ATTENTION,
+            error_message=details.get("message", str(error)),
+            error_code=details.get("code"),
+            error_domain=details.get("domain"),
+            error_details=details,
+            vm_location="unknown",
+            outcome_note=note,
+        )
+        if won:
+            self.log("attention", f"{details.get('message', error)} {note}".strip())
+        return won
+
+    def settle_by_hand(self, state: str, *, vm_location: str, reason: str, user) -> bool:
+        """A superuser's verdict on a record the dashboard cannot settle."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"{state!r} is not a final state.")
+        username = getattr(user, "username", "") or ""
+        won = self._transition(
+            ACTIVE_STATES,
+            state=state,
+            finished_at=timezone.now(),
+            vm_location=vm_location,
+            outcome_note=f"Settled by hand by {username}: {reason}",
+        )
+        if won:
+            self.log("settled", f"Settled by hand by {username} as {state}, VM on {vm_location}: {reason}")
+        return won
+
     def request_cancel(self, user) -> bool:
         """A queued migration is cancelled at once; a running one is marked
         `cancelling` and its job aborts libvirt's job."""
@@ -235,6 +353,8 @@ class Migration(AppendOnlyModel):
         ):
             self.log("cancelled", f"Cancelled by {username} before it started.")
             return True
+        if self.postcopy_started_at is not None:
+            return False
         if self._transition(
             (MigrationState.RUNNING,),
             state=MigrationState.CANCELLING,
@@ -356,6 +476,57 @@ class MigrationEvent(models.Model):
         ordering = ["at", "pk"]
 
 
+class ActionKind(models.TextChoices):
+    """What an operator can do to a running migration (the guide's
+    migrate-setspeed, migrate-setmaxdowntime, migrate-postcopy, and suspend)."""
+
+    BANDWIDTH = "bandwidth", "Set the bandwidth limit"
+    MAX_DOWNTIME = "max_downtime", "Set the max downtime"
+    POSTCOPY = "postcopy", "Switch to post-copy"
+    FORCE_COMPLETE = "force_complete", "Force complete"
+
+
+class MigrationAction(models.Model):
+    """An action asked of a running migration. The worker that holds the
+    migration applies it from its monitor (so any web process on any machine
+    can ask) and writes the outcome back."""
+
+    migration = models.ForeignKey(Migration, on_delete=models.CASCADE, related_name="actions")
+    kind = models.CharField(max_length=16, choices=ActionKind.choices)
+    value = models.BigIntegerField(null=True, blank=True)
+    requested_by_username = models.CharField(max_length=150, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    via = models.CharField(max_length=16, default="browser")
+    applied_at = models.DateTimeField(null=True, blank=True)
+    elapsed_ms = models.BigIntegerField(null=True, blank=True, help_text="Where it lands on the charts.")
+    ok = models.BooleanField(null=True)
+    result = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["requested_at", "pk"]
+
+    @property
+    def label(self) -> str:
+        if self.kind == ActionKind.BANDWIDTH:
+            return f"bandwidth {self.value} MiB/s" if self.value else "bandwidth unlimited"
+        if self.kind == ActionKind.MAX_DOWNTIME:
+            return f"max downtime {self.value} ms"
+        return self.get_kind_display().lower()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.pk,
+            "kind": self.kind,
+            "value": self.value,
+            "label": self.label,
+            "requested_by": self.requested_by_username,
+            "via": self.via,
+            "elapsed_ms": self.elapsed_ms,
+            "ok": self.ok,
+            "result": self.result,
+        }
+
+
 class MigrationSample(models.Model):
     """One reading of libvirt's job statistics during a migration."""
 
@@ -390,13 +561,19 @@ class MigrationSample(models.Model):
         elapsed_ms = int(stats.get("time_elapsed") or 0)
         disk_processed = int(stats.get("disk_processed") or 0)
         disk_mib_s = float(stats.get("disk_bps") or 0) / mib
-        if not disk_mib_s:
+        memory_mib_s = float(stats.get("memory_bps") or 0) / mib
+        previous = migration.samples.order_by("-elapsed_ms", "-pk").first()
+        since_ms = elapsed_ms - previous.elapsed_ms if previous is not None else 0
+        if not disk_mib_s and since_ms > 0:
             # libvirt reports no disk_bps for an NBD disk copy: derive it
             # from the progress since the previous reading.
-            previous = migration.samples.order_by("-elapsed_ms", "-pk").first()
-            if previous is not None and elapsed_ms > previous.elapsed_ms:
-                copied = max(0, disk_processed - previous.disk_processed_bytes)
-                disk_mib_s = copied / mib / ((elapsed_ms - previous.elapsed_ms) / 1000)
+            copied = max(0, disk_processed - previous.disk_processed_bytes)
+            disk_mib_s = copied / mib / (since_ms / 1000)
+        sent = stats.get("memory_processed")
+        if since_ms >= 1000 and sent is not None and int(sent) == previous.memory_processed_bytes:
+            # Through an outage libvirt keeps reporting the last throughput:
+            # nothing was sent since the previous reading, a second or more ago.
+            memory_mib_s = 0.0
         return cls.objects.create(
             migration=migration,
             elapsed_ms=elapsed_ms,
@@ -410,7 +587,7 @@ class MigrationSample(models.Model):
             disk_total_bytes=int(stats.get("disk_total") or 0),
             disk_processed_bytes=disk_processed,
             disk_remaining_bytes=int(stats.get("disk_remaining") or 0),
-            throughput_mib_s=float(stats.get("memory_bps") or 0) / mib,
+            throughput_mib_s=memory_mib_s,
             disk_throughput_mib_s=disk_mib_s,
             dirty_rate_mib_s=float(stats.get("memory_dirty_rate") or 0) * page_size / mib,
             expected_downtime_ms=stats.get("downtime"),

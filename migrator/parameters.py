@@ -33,6 +33,9 @@ class MigrationParameters:
     max_downtime_ms: int | None = None
     bandwidth_mib_s: int = 0
     auto_converge: bool = False
+    # Post-copy allowed (VIR_MIGRATE_POSTCOPY): the operator may switch to it
+    # while the migration runs; the timeout action may too.
+    allow_postcopy: bool = False
     timeout_s: int | None = None
     timeout_action: str = ""
     compression: str = ""
@@ -62,6 +65,7 @@ class MigrationParameters:
             max_downtime_ms=data.get("max_downtime_ms"),
             bandwidth_mib_s=data.get("bandwidth_mib_s") or 0,
             auto_converge=bool(data.get("auto_converge")),
+            allow_postcopy=bool(data.get("allow_postcopy")),
             timeout_s=data.get("timeout_s"),
             timeout_action=(data.get("timeout_action") or "") if data.get("timeout_s") else "",
             compression=method,
@@ -110,6 +114,10 @@ class MigrationParameters:
         return bool(self.disks)
 
     @property
+    def allows_postcopy(self) -> bool:
+        return self.allow_postcopy or self.effective_timeout_action == "postcopy"
+
+    @property
     def effective_timeout_action(self) -> str:
         return self.timeout_action if self.timeout_s else ""
 
@@ -125,6 +133,7 @@ class MigrationParameters:
             bandwidth_mib_s=self.bandwidth_mib_s,
             max_downtime_ms=self.max_downtime_ms,
             auto_converge=self.auto_converge,
+            postcopy=self.allow_postcopy,
             copy_storage=self.copies_disks,
             migrate_disks=list(self.disks),
             compression=self.compression,
@@ -225,6 +234,7 @@ def describe(parameters: MigrationParameters | dict[str, Any]) -> list[tuple[str
     bandwidth = p.get("bandwidth_mib_s") or 0
     rows.append(("Bandwidth limit", f"{bandwidth} MiB/s" if bandwidth else "unlimited"))
     rows.append(("Auto-converge", "on" if p.get("auto_converge") else "off"))
+    rows.append(("Post-copy", "allowed (switch from the live page)" if p.get("allow_postcopy") else "not allowed"))
     if p.get("timeout_s"):
         action = TIMEOUT_ACTION_WORDS.get(p.get("timeout_action") or "", p.get("timeout_action") or "")
         rows.append(("Timeout", f"after {p['timeout_s']} s, {action}"))

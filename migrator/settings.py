@@ -133,6 +133,14 @@ LIBVIRT_CONNECT_TIMEOUT_S = envint("LIBVIRT_CONNECT_TIMEOUT_S", "10")
 # How often the migration job reads libvirt's job statistics.
 MIGRATION_SAMPLE_INTERVAL_S = float(os.getenv("MIGRATION_SAMPLE_INTERVAL_S", "0.5"))
 INVENTORY_MAX_AGE_S = envint("INVENTORY_MAX_AGE_S", "300")
+# A running migration's lease: its worker renews it every HEARTBEAT seconds;
+# a record whose lease is older than LEASE seconds has lost its worker.
+MIGRATION_HEARTBEAT_S = float(os.getenv("MIGRATION_HEARTBEAT_S", "5"))
+MIGRATION_LEASE_S = float(os.getenv("MIGRATION_LEASE_S", "30"))
+# No fall in the remaining data for this long is a stall (shown live and recorded).
+MIGRATION_STALL_S = float(os.getenv("MIGRATION_STALL_S", "10"))
+# A queued record whose RQ job vanished is queued again, at most this many times.
+MIGRATION_REQUEUE_LIMIT = envint("MIGRATION_REQUEUE_LIMIT", "3")
 
 LAB_DIR = Path(os.getenv("LAB_DIR", str(BASE_DIR / ".lab")))
 # Fernet key(s) that encrypt private keys at rest; comma-separated for rotation.

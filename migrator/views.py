@@ -1,7 +1,7 @@
 import json
 
 from django.contrib import messages
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -9,7 +9,9 @@ from hosts import gateway
 from hosts.certificates.readiness import expiry_warnings
 from hosts.models import Host, VirtualMachine
 
-from .audit.requests import audit
+from . import actions
+from .audit.requests import audit, client_address
+from .forms import ActionForm, SettleForm
 from .live import migration_state
 from .models import Migration
 from .parameters import describe as describe_parameters
@@ -47,24 +49,79 @@ def migration_detail(request, pk: int):
             "parameter_rows": describe_parameters(migration.parameters),
             "applied_json": json.dumps(migration.applied_parameters, indent=2, sort_keys=True),
             "applied_flag_names": gateway.migrate_flag_names(int(migration.applied_parameters.get("flags") or 0)),
-            "can_cancel": migration.is_active and has_role(request.user, OPERATORS),
+            "can_cancel": migration.can_cancel and has_role(request.user, OPERATORS),
+            "can_act": has_role(request.user, OPERATORS),
+            "allows_postcopy": actions.allows_postcopy(migration),
+            "action_kinds": [str(kind) for kind in actions.available_actions(migration)],
+            "settle_form": SettleForm(initial={"vm_location": migration.vm_location})
+            if request.user.is_superuser and not migration.in_flight
+            else None,
         },
     )
+
+
+def _requester(request) -> actions.Requester:
+    return actions.Requester(request.user, "browser", client_address(request))
+
+
+def _act(request, pk: int, do) -> HttpResponse:
+    migration = get_object_or_404(Migration, pk=pk)
+    try:
+        message = do(migration)
+    except actions.ActionRefused as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.info(request, message)
+    return redirect(migration)
 
 
 @require_POST
 @role_required(OPERATORS)
 def migration_cancel(request, pk: int):
-    migration = get_object_or_404(Migration, pk=pk)
-    if migration.request_cancel(request.user):
-        audit(request, "migration.cancelled", migration, state=migration.state)
-        messages.info(
-            request,
-            "Cancelled." if migration.state == "cancelled" else "Cancel requested: the migration is being aborted.",
+    return _act(request, pk, lambda m: actions.request_cancel(m, _requester(request)))
+
+
+@require_POST
+@role_required(OPERATORS)
+def migration_action(request, pk: int):
+    """Bandwidth, max downtime, post-copy now, force complete: applied by the
+    worker within a sampling interval."""
+    form = ActionForm(request.POST)
+
+    def do(migration: Migration) -> str:
+        if not form.is_valid():
+            raise actions.ActionRefused(" ".join(e for errors in form.errors.values() for e in errors))
+        action = actions.request_action(
+            migration, form.cleaned_data["kind"], form.cleaned_data["value"], _requester(request)
         )
-    else:
-        messages.warning(request, f"Migration #{migration.pk} is already {migration.get_state_display().lower()}.")
-    return redirect(migration)
+        return f"Asked: {action.label}. The worker applies it within a second; the timeline shows the result."
+
+    return _act(request, pk, do)
+
+
+@require_POST
+@role_required(OPERATORS)
+def migration_resume(request, pk: int):
+    def do(migration: Migration) -> str:
+        actions.request_resume(migration, _requester(request))
+        return "Resuming post-copy: a worker takes it up now."
+
+    return _act(request, pk, do)
+
+
+@require_POST
+@role_required()
+def migration_settle(request, pk: int):
+    form = SettleForm(request.POST)
+
+    def do(migration: Migration) -> str:
+        if not form.is_valid():
+            raise actions.ActionRefused(" ".join(e for errors in form.errors.values() for e in errors))
+        data = form.cleaned_data
+        actions.settle_by_hand(migration, data["state"], data["vm_location"], data["reason"], _requester(request))
+        return f"Migration #{migration.pk} settled by hand as {data['state']}."
+
+    return _act(request, pk, do)
 
 
 @require_POST

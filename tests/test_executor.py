@@ -4,6 +4,8 @@ does with it and what the record says."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hosts import gateway
@@ -35,6 +37,11 @@ class Hosts:
         monkeypatch.setattr(gateway, "delete_volume", self.delete_volume)
         monkeypatch.setattr(gateway, "destroy_leftover", self.destroy_leftover)
         monkeypatch.setattr(gateway, "resume_vm", self.resume_vm)
+        monkeypatch.setattr(gateway, "placement", self.placement)
+        monkeypatch.setattr(gateway, "completed_job_stats", self.completed_job_stats)
+        monkeypatch.setattr(gateway, "forget_inactive_copy", lambda uri, uuid: False)
+        self.postcopy: dict[str, str] = {}
+        self.completed: dict[str, dict] = {}
 
     def _answer(self, uri):
         if uri in self.unreachable:
@@ -43,6 +50,14 @@ class Hosts:
     def vm_state(self, uri, uuid):
         self._answer(uri)
         return self.states.get(uri)
+
+    def placement(self, uri, uuid):
+        self._answer(uri)
+        return gateway.Placement(self.states.get(uri), self.postcopy.get(uri, ""), True)
+
+    def completed_job_stats(self, uri, uuid):
+        self._answer(uri)
+        return self.completed.get(uri, {})
 
     def path_info(self, uri, path):
         self._answer(uri)
@@ -163,3 +178,129 @@ def test_the_jobs_re_check_is_kept_beside_the_reviewed_report(monkeypatch):
     assert migration.precheck_report == reviewed, "what the operator reviewed stays as it was"
     assert migration.job_precheck_report == recheck.as_list()
     assert "b has 100 MiB free" in migration.error_message
+
+
+# ------------------------------------------------------------ faults
+
+
+def test_a_post_copy_that_lost_its_link_is_interrupted_and_nothing_is_touched(monkeypatch):
+    run = executor()
+    run.created_images.append(VDA)
+    hosts = Hosts(monkeypatch, {"qemu:///a": "paused", "qemu:///b": "running"})
+    hosts.postcopy = {"qemu:///a": "failed", "qemu:///b": "failed"}
+    run._settle_failure(gateway.GatewayError("internal error: client socket is closed"))
+    m = run.migration
+    m.refresh_from_db()
+    assert m.state == MigrationState.INTERRUPTED
+    assert hosts.destroyed == [] and hosts.resumed == [] and hosts.deleted == [], "nothing destroyed or resumed"
+    assert "Do not stop, destroy or resume it on either host" in m.outcome_note
+    assert m.vm_location == "split between a and b"
+
+
+def test_an_error_after_the_switch_over_is_a_success_only_when_libvirt_confirms_it(monkeypatch):
+    run = executor(disks=[], disk_plan=[])
+    hosts = Hosts(monkeypatch, {"qemu:///a": None, "qemu:///b": "running"})
+    run._settle_failure(gateway.GatewayError("internal error: client socket is closed"))
+    m = run.migration
+    m.refresh_from_db()
+    assert m.state == MigrationState.ATTENTION, "no completed job on the destination: not a success"
+    assert "did not report the migration completed" in m.outcome_note
+
+    hosts.completed["qemu:///b"] = {"type": gateway.JobType.COMPLETED, "time_elapsed": 1200, "downtime": 40}
+    run.recheck()
+    m.refresh_from_db()
+    assert m.state == MigrationState.SUCCEEDED and m.total_time_ms == 1200 and m.vm_location == "b"
+
+
+def test_a_source_that_does_not_answer_needs_attention_until_it_does(monkeypatch):
+    run = executor(disks=[], disk_plan=[])
+    hosts = Hosts(monkeypatch, {"qemu:///a": "running", "qemu:///b": None}, unreachable=("qemu:///a",))
+    run._settle_failure(gateway.GatewayError("End of file while reading data: Input/output error"))
+    m = run.migration
+    m.refresh_from_db()
+    assert m.state == MigrationState.ATTENTION and m.vm_location == "unknown"
+    assert m.error_message.startswith("The libvirt daemon on a stopped or does not answer")
+    assert m.error_details["libvirt_message"] == "End of file while reading data: Input/output error"
+
+    hosts.unreachable = ()
+    run.recheck()
+    m.refresh_from_db()
+    assert m.state == MigrationState.FAILED and m.vm_location == "a"
+
+
+@pytest.mark.parametrize(
+    ("message", "unreachable", "lost", "expected"),
+    [
+        ("internal error: client socket is closed", (), False, "The connection between a and b was lost"),
+        ("internal error: client socket is closed", ("qemu:///b",), False, "The libvirt daemon on b stopped"),
+        ("End of file while reading data", (), True, "The libvirt daemon on a restarted"),
+        ("Unable to write to '/x.qcow2': No space left on device", (), False, "b ran out of disk space"),
+    ],
+)
+def test_a_failure_names_what_happened_in_plain_words(monkeypatch, message, unreachable, lost, expected):
+    run = executor(disks=[], disk_plan=[])
+    Hosts(monkeypatch, {"qemu:///a": "running", "qemu:///b": None}, unreachable=unreachable)
+    outcome = gateway.MigrationOutcome(False, {}, source_connection_lost=lost)
+    run._settle_failure(gateway.GatewayError(message, code=1), outcome=outcome)
+    m = run.migration
+    m.refresh_from_db()
+    assert m.state == MigrationState.FAILED
+    assert m.error_message.startswith(expected), m.error_message
+    assert m.error_details["libvirt_message"] == message
+    assert "libvirtd log" not in m.error_message
+
+
+def test_a_stall_is_logged_and_kept_in_the_record(monkeypatch, settings):
+    settings.MIGRATION_STALL_S = 0.0
+    run = executor(disks=[], disk_plan=[])
+    stats = {"time_elapsed": 1000, "data_processed": 10 * 2**20, "data_remaining": 5 * 2**20, "memory_iteration": 1}
+    assert run._watch_stall(stats) == 0
+    run._moved_at -= 3
+    assert run._watch_stall(stats) >= 3
+    assert run.migration.events.filter(state="stalled").exists()
+    assert run._watch_stall({**stats, "data_processed": 11 * 2**20}) == 0
+    assert run.migration.events.filter(state="moving").exists()
+    assert run._stall_notes()[0].startswith("The migration stalled: nothing moved for")
+
+
+def test_a_record_whose_lease_ran_out_is_reconciled_and_a_fresh_one_is_not(monkeypatch, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from migrator import executor as executor_module
+    from migrator.models import Migration
+
+    settings.MIGRATION_LEASE_S = 30
+    run = executor(disks=[], disk_plan=[])
+    hosts = Hosts(monkeypatch, {"qemu:///a": "running", "qemu:///b": None})
+    monkeypatch.setattr(gateway, "active_job", lambda uri, uuid: {})
+    assert executor_module.reconcile(wait_s=1) == [], "a fresh lease: its worker holds it"
+    stale = timezone.now() - timedelta(seconds=31)
+    # A reused pid on this very machine does not keep it alive: the lease decides.
+    Migration.objects.filter(pk=run.migration.pk).update(heartbeat_at=stale, worker_pid=os.getpid())
+    settled = executor_module.reconcile(wait_s=1)
+    assert [m.pk for m in settled] == [run.migration.pk]
+    m = Migration.objects.get(pk=run.migration.pk)
+    assert m.state == MigrationState.FAILED and m.vm_location == "a"
+    assert "worker running this migration stopped" in m.error_message
+    assert hosts.destroyed == []
+
+
+def test_a_queued_record_whose_job_is_gone_is_queued_again_then_failed(monkeypatch, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from migrator import executor as executor_module
+    from migrator.models import Migration
+
+    settings.MIGRATION_REQUEUE_LIMIT = 1
+    enqueued = []
+    monkeypatch.setattr("migrator.jobs.enqueue_migration", enqueued.append)
+    m = make_migration(created_at=timezone.now() - timedelta(minutes=5), rq_job_id="gone-for-good")
+    assert [r.pk for r in executor_module.requeue_lost_jobs()] == [m.pk] and enqueued == [m.pk]
+    executor_module.requeue_lost_jobs()
+    m = Migration.objects.get(pk=m.pk)
+    assert m.state == MigrationState.FAILED and "lost 1 times" in m.error_message
+    assert m.vm_location == "a"

@@ -219,7 +219,9 @@ class FakeDomain:
 def test_it_samples_fast_until_libvirt_sized_the_job_and_records_one_setup_reading(monkeypatch):
     no_job = {"type": gateway.JobType.NONE}
     recorded = []
-    spec = SimpleNamespace(timeout_s=None, timeout_action="", max_downtime_ms=None)
+    spec = SimpleNamespace(
+        timeout_s=None, timeout_action="", max_downtime_ms=None, allows_postcopy=False, postcopy_resume=False
+    )
     run = gateway.MigrationRun("qemu:///fake", "uuid", spec, on_sample=recorded.append, sample_interval_s=0.5)
     dom = FakeDomain(
         [no_job, SETUP, dict(SETUP, time_elapsed=60), dict(SETUP, time_elapsed=110), DISK_SIZED], run._done

@@ -64,16 +64,20 @@ from .facts import (
     warm,
 )
 from .migration import (
+    JobAction,
     MigrationOutcome,
     MigrationRun,
     MigrationSpec,
+    Placement,
     abort_job,
     active_job,
     completed_job_stats,
+    forget_inactive_copy,
     job_stats,
     migrate_domain,
     migrate_flag_names,
     parse_cpuset,
+    placement,
 )
 from .storage import PathInfo, create_volume, delete_volume, ensure_dir_pool, path_info, refresh_pool
 
@@ -98,6 +102,7 @@ __all__ = [
     "GatewayError",
     "HostInfo",
     "InterfaceInfo",
+    "JobAction",
     "JobType",
     "MigrateFlag",
     "MigrateParam",
@@ -108,6 +113,7 @@ __all__ = [
     "NetworkInfo",
     "ParsedDomain",
     "PathInfo",
+    "Placement",
     "VMInfo",
     "abort_job",
     "active_job",
@@ -126,6 +132,7 @@ __all__ = [
     "domain_status",
     "ensure_dir_pool",
     "find_vm",
+    "forget_inactive_copy",
     "host_info",
     "job_stats",
     "list_domains",
@@ -137,6 +144,7 @@ __all__ = [
     "parse_cpuset",
     "parse_domain_xml",
     "path_info",
+    "placement",
     "read_domain_xml",
     "refresh_pool",
     "resume_vm",

@@ -18,7 +18,7 @@ from typing import Any
 import libvirt
 
 from .connections import connection, open_connection
-from .constants import ErrorCode, JobType, MigrateFlag, MigrateParam
+from .constants import STATE_NAMES, DomainState, ErrorCode, JobType, MigrateFlag, MigrateParam
 from .errors import GatewayError
 
 
@@ -47,6 +47,13 @@ class MigrationSpec:
     pin_with_migration_param: bool = False
     timeout_s: int | None = None
     timeout_action: str = ""
+    # Recover a post-copy migration that lost its link (same flags and
+    # parameters as the interrupted one, plus VIR_MIGRATE_POSTCOPY_RESUME).
+    postcopy_resume: bool = False
+
+    @property
+    def allows_postcopy(self) -> bool:
+        return self.postcopy or self.timeout_action == "postcopy"
 
     def flags(self) -> int:
         flags = MigrateFlag.LIVE | MigrateFlag.PEER2PEER
@@ -66,8 +73,10 @@ class MigrationSpec:
             flags |= MigrateFlag.PARALLEL
         if self.tls:
             flags |= MigrateFlag.TLS
-        if self.postcopy or self.timeout_action == "postcopy":
+        if self.allows_postcopy or self.postcopy_resume:
             flags |= MigrateFlag.POSTCOPY
+        if self.postcopy_resume:
+            flags |= MigrateFlag.POSTCOPY_RESUME
         return int(flags)
 
     def params(self) -> dict[str, Any]:
@@ -142,17 +151,36 @@ class MigrationOutcome:
     applied: dict[str, Any] = field(default_factory=dict)
     timeout_action_taken: str = ""
     pin_mode: str = ""
+    # The watch saw the source paused for post-copy: the VM ran on the
+    # destination before the job ended.
+    postcopy_started: bool = False
+    # The dashboard's own connection to the source died with the job: the
+    # source daemon stopped (or restarted), not the link between the hosts.
+    source_connection_lost: bool = False
+
+
+@dataclass(frozen=True)
+class JobAction:
+    """An operator's action on the running job (see MigrationRun.pending_actions)."""
+
+    id: int
+    kind: str  # "bandwidth", "max_downtime", "postcopy", "force_complete"
+    value: int | None = None
 
 
 SETUP_POLL_S = 0.05
+ABORT_RETRY_S = 0.5
 
 
 class MigrationRun:
     """Runs one live migration and watches it from a second connection.
 
     migrateToURI3 blocks; a monitor thread samples jobStats(), applies the
-    timeout action and aborts on request, each on its own connection (abortJob
-    on the migrating connection can hang for minutes in libvirt 9.0).
+    timeout action and the operator's actions, and aborts on request, each on
+    its own connection (abortJob on the migrating connection can hang for
+    minutes in libvirt 9.0). A callback that fails (the database restarting,
+    say) costs one tick: the watch goes on, and `on_callback_error` lets the
+    caller drop what failed.
     """
 
     def __init__(
@@ -163,6 +191,10 @@ class MigrationRun:
         *,
         on_sample: Callable[[dict[str, Any]], None] | None = None,
         should_abort: Callable[[], bool] | None = None,
+        pending_actions: Callable[[], list[JobAction]] | None = None,
+        on_action: Callable[[JobAction, bool, str, dict[str, Any]], None] | None = None,
+        on_postcopy: Callable[[], None] | None = None,
+        on_callback_error: Callable[[BaseException], None] | None = None,
         on_monitor_end: Callable[[], None] | None = None,
         sample_interval_s: float = 0.5,
     ) -> None:
@@ -171,24 +203,32 @@ class MigrationRun:
         self.spec = spec
         self.on_sample = on_sample or (lambda stats: None)
         self.should_abort = should_abort or (lambda: False)
+        self.pending_actions = pending_actions or (lambda: [])
+        self.on_action = on_action or (lambda action, ok, message, stats: None)
+        self.on_postcopy = on_postcopy or (lambda: None)
+        self.on_callback_error = on_callback_error or (lambda exc: None)
         # Called in the monitor thread as it ends, to release what the callbacks
         # held there (a database connection, say).
         self.on_monitor_end = on_monitor_end or (lambda: None)
         self.sample_interval_s = sample_interval_s
         self.applied: dict[str, Any] = {}
         self.timeout_action_taken = ""
-        self.aborted = False
+        self.aborted = False  # an abort was asked for (by the operator or the timeout)
+        self.abort_confirmed = False  # libvirt accepted abortJob
+        self.postcopy_started = False
         self.last_stats: dict[str, Any] = {}
         self._done = threading.Event()
         self._monitor_error: BaseException | None = None
+        self._last_abort_try = 0.0
 
     def run(self) -> MigrationOutcome:
         spec = self.spec
         migrating = open_connection(self.source_uri)
         try:
             dom = migrating.lookupByUUIDString(self.uuid)
-            saved_pin, pin_mode = self._pin_before(dom)
-            self._apply_before(dom)
+            saved_pin, pin_mode = (None, "") if spec.postcopy_resume else self._pin_before(dom)
+            if not spec.postcopy_resume:
+                self._apply_before(dom)
             monitor = threading.Thread(target=self._monitor, name="migration-monitor", daemon=True)
             monitor.start()
             self.applied.update({"flags": spec.flags(), "params": _jsonable(spec.params()), "dconnuri": spec.dconnuri})
@@ -198,16 +238,33 @@ class MigrationRun:
             except libvirt.libvirtError as exc:
                 error = GatewayError.from_libvirt(exc, self.source_uri)
                 self._finish_monitor(monitor)
-                self._restore_pin(dom, saved_pin, pin_mode)
+                lost = not _alive(migrating)
+                if not lost:
+                    self._restore_pin(dom, saved_pin, pin_mode)
                 return MigrationOutcome(
-                    False, self.last_stats, error, self.applied, self.timeout_action_taken, pin_mode
+                    False,
+                    self.last_stats,
+                    error,
+                    self.applied,
+                    self.timeout_action_taken,
+                    pin_mode,
+                    postcopy_started=self.postcopy_started,
+                    source_connection_lost=lost,
                 )
             wall_ms = int((time.monotonic() - started) * 1000)
             self._finish_monitor(monitor)
             stats = dict(self.last_stats)
             stats.setdefault("time_elapsed", wall_ms)
             stats["wall_time_ms"] = wall_ms
-            return MigrationOutcome(True, stats, None, self.applied, self.timeout_action_taken, pin_mode)
+            return MigrationOutcome(
+                True,
+                stats,
+                None,
+                self.applied,
+                self.timeout_action_taken,
+                pin_mode,
+                postcopy_started=self.postcopy_started,
+            )
         except libvirt.libvirtError as exc:
             raise GatewayError.from_libvirt(exc, self.source_uri) from exc
         finally:
@@ -266,12 +323,24 @@ class MigrationRun:
         finally:
             self.on_monitor_end()
 
-    def _watch(self) -> None:
+    def _callback(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         try:
-            watcher = open_connection(self.source_uri)
-        except GatewayError as exc:
-            self._monitor_error = exc
-            return
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a failing callback must not end the watch
+            with contextlib.suppress(Exception):
+                self.on_callback_error(exc)
+            return default
+
+    def _watch(self) -> None:
+        watcher = None
+        while watcher is None:
+            try:
+                watcher = open_connection(self.source_uri)
+            except GatewayError as exc:
+                # The source not answering ends the job too; until then, retry.
+                self._monitor_error = exc
+                if self._done.wait(1.0):
+                    return
         try:
             dom = watcher.lookupByUUIDString(self.uuid)
             started = time.monotonic()
@@ -285,6 +354,7 @@ class MigrationRun:
                 sized = sized or bool(stats.get("data_total"))
                 if stats:
                     self.last_stats = stats
+                    self._note_postcopy(dom)
                     if downtime_pending:
                         with contextlib.suppress(libvirt.libvirtError):
                             dom.migrateSetMaxDowntime(int(self.spec.max_downtime_ms), 0)
@@ -293,14 +363,14 @@ class MigrationRun:
                     # Setup readings are all zeros: one is enough for the chart.
                     if sized or not setup_recorded:
                         setup_recorded = True
-                        try:
-                            self.on_sample(stats)
-                        except Exception:  # noqa: BLE001 - a display failure must not stop the watch
-                            pass
-                if not self.aborted and self.should_abort():
+                        self._callback(self.on_sample, stats)
+                if not self.aborted and self._callback(self.should_abort, default=False):
                     self.aborted = True
-                    with contextlib.suppress(libvirt.libvirtError):
-                        dom.abortJob()
+                if self.aborted and not self.abort_confirmed:
+                    self._try_abort(dom)
+                for action in self._callback(self.pending_actions, default=[]) or []:
+                    ok, message = self._apply_action(dom, action)
+                    self._callback(self.on_action, action, ok, message, dict(self.last_stats))
                 spec = self.spec
                 if (
                     spec.timeout_s
@@ -314,9 +384,67 @@ class MigrationRun:
                 # first pass start) poll fast, so that even a sub-second
                 # migration gets a first reading with its sizes.
                 self._done.wait(self.sample_interval_s if sized else min(self.sample_interval_s, SETUP_POLL_S))
+        except libvirt.libvirtError as exc:
+            self._monitor_error = exc
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 watcher.close()
+
+    def _note_postcopy(self, dom: libvirt.virDomain) -> None:
+        if self.postcopy_started or not self.spec.allows_postcopy and not self.spec.postcopy_resume:
+            return
+        try:
+            state, reason = dom.state()
+        except libvirt.libvirtError:
+            return
+        if state == DomainState.PAUSED and reason in POSTCOPY_PAUSE_REASONS:
+            self.postcopy_started = True
+            self._callback(self.on_postcopy)
+
+    def _try_abort(self, dom: libvirt.virDomain) -> None:
+        """Abort until libvirt accepts it: a cancel that lands before libvirt
+        created the job (abortJob: "no job is active") is tried again."""
+        now = time.monotonic()
+        if now - self._last_abort_try < ABORT_RETRY_S:
+            return
+        self._last_abort_try = now
+        if self.postcopy_started:
+            # Aborting post-copy would pause the VM on the destination with its
+            # memory split: never. The job finishes; the cancel came too late.
+            self.abort_confirmed = True
+            return
+        try:
+            dom.abortJob()
+            self.abort_confirmed = True
+        except libvirt.libvirtError:
+            pass
+
+    def _apply_action(self, dom: libvirt.virDomain, action: JobAction) -> tuple[bool, str]:
+        try:
+            if action.kind == "bandwidth":
+                flags = libvirt.VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY if self.postcopy_started else 0
+                dom.migrateSetMaxSpeed(int(action.value or 0), flags)
+                return True, (
+                    f"Bandwidth limit set to {action.value} MiB/s." if action.value else "Bandwidth limit removed."
+                )
+            if action.kind == "max_downtime":
+                dom.migrateSetMaxDowntime(int(action.value or 0), 0)
+                return True, f"Max downtime set to {action.value} ms."
+            if action.kind == "postcopy":
+                if not self.spec.allows_postcopy:
+                    return False, "This migration was started without post-copy allowed; it cannot switch now."
+                if self.postcopy_started:
+                    return False, "The migration is already in post-copy."
+                dom.migrateStartPostCopy(0)
+                return True, "Switched to post-copy: the VM now runs on the destination."
+            if action.kind == "force_complete":
+                if self.postcopy_started:
+                    return False, "The migration is in post-copy; it completes by itself."
+                dom.suspend()
+                return True, "The VM was paused so the last pass can finish; it resumes on the destination."
+        except libvirt.libvirtError as exc:
+            return False, f"libvirt refused: {exc.get_error_message()}"
+        return False, f"Unknown action {action.kind!r}."
 
     def _take_timeout_action(self, dom: libvirt.virDomain) -> None:
         action = self.spec.timeout_action
@@ -330,9 +458,19 @@ class MigrationRun:
                 dom.migrateStartPostCopy(0)
             elif action == "abort":
                 self.aborted = True
-                dom.abortJob()
+                self._try_abort(dom)
         except libvirt.libvirtError as exc:
             self.timeout_action_taken = f"{action} failed: {exc.get_error_message()}"
+
+
+POSTCOPY_PAUSE_REASONS = (libvirt.VIR_DOMAIN_PAUSED_POSTCOPY, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
 
 
 def migrate_domain(uri: str, name: str, spec: MigrationSpec) -> None:
@@ -385,3 +523,60 @@ def abort_job(uri: str, uuid: str) -> None:
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     # The record keeps libvirt's parameter names as plain strings, not MigrateParam members.
     return {str(key): value for key, value in params.items()}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a VM stands on one host, in the terms that settle a migration."""
+
+    state: str | None  # "running", "paused", … or None: not defined there
+    postcopy: str = ""  # "active" while post-copy runs, "failed" when it lost its link
+    persistent: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "blocked")
+
+
+_POSTCOPY_REASONS = {
+    (DomainState.PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY): "active",
+    (DomainState.PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED): "failed",
+    (DomainState.RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY): "active",
+    (DomainState.RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED): "failed",
+}
+
+
+def placement(uri: str, uuid: str) -> Placement:
+    """The VM's state on the host and its post-copy condition. Raises
+    GatewayError when the host does not answer: unknown is not absent."""
+    with connection(uri) as conn:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            state, reason = dom.state()
+            persistent = bool(dom.isPersistent())
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+                return Placement(None)
+            raise
+    return Placement(
+        STATE_NAMES.get(DomainState(state), "unknown"),
+        _POSTCOPY_REASONS.get((state, reason), ""),
+        persistent,
+    )
+
+
+def forget_inactive_copy(uri: str, uuid: str) -> bool:
+    """Undefine a shut-off definition of the VM (what UNDEFINE_SOURCE leaves
+    undone when a migration ends outside its call). A VM that runs or is
+    paused there is never touched. True when one was removed."""
+    with connection(uri) as conn:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+                return False
+            raise
+        if dom.isActive() or not dom.isPersistent():
+            return False
+        dom.undefine()
+        return True

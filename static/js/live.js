@@ -33,7 +33,7 @@
     return { close: function () { closedByUs = true; if (ws) ws.close(); } };
   }
 
-  /* Draws a dashed vertical line where a new pre-copy iteration starts. */
+  /* Draws a dashed vertical line where a new pre-copy iteration starts, and a red one where an action landed. */
   var iterationMarks = {
     id: "iterationMarks",
     afterDatasetsDraw: function (chart) {
@@ -47,8 +47,9 @@
       marks.forEach(function (m) {
         var px = x.getPixelForValue(m.t);
         if (px < area.left || px > area.right) return;
+        ctx.strokeStyle = m.action ? "rgba(220,53,69,0.8)" : "rgba(108,117,125,0.6)";
         ctx.beginPath(); ctx.moveTo(px, area.top); ctx.lineTo(px, area.bottom); ctx.stroke();
-        ctx.fillText("it " + m.iteration, px + 2, area.top + 10);
+        ctx.fillText(m.action ? m.label : "it " + m.iteration, px + 2, area.top + (m.action ? 22 : 10));
       });
       ctx.restore();
     },
@@ -123,8 +124,15 @@
       return true;
     }
 
+    /* The operator's actions, applied by the worker, marked where they landed. */
+    function actionMarks() {
+      return (state.actions || []).filter(function (a) { return a.ok && a.elapsed_ms !== null; })
+        .map(function (a) { return { t: a.elapsed_ms / 1000, label: a.label, action: true }; });
+    }
+
     function redraw() {
-      [rates, remaining].forEach(function (c) { if (c) { c.options.plugins.iterationMarks.marks = marks; c.update("none"); } });
+      var all = marks.concat(actionMarks());
+      [rates, remaining].forEach(function (c) { if (c) { c.options.plugins.iterationMarks.marks = all; c.update("none"); } });
       var s = samples[samples.length - 1];
       if (!s) return;
       document.getElementById("live-panel").classList.remove("d-none");
@@ -147,7 +155,7 @@
       dbar.style.width = diskPct.toFixed(1) + "%";
       dbar.textContent = a.diskTotal && diskPct >= 8 ? "disks" : "";
       var diskText = a.diskTotal ? "; disks " + fmtMiB(a.diskTotal - a.diskLeft) + " copied of " + fmtMiB(a.diskTotal) : "";
-      if (!state.active) {
+      if (!state.in_flight) {
         text("progress-text", done ? "Complete: " + fmtMiB(state.data_processed_bytes || s.memory_processed_bytes) +
           " of memory sent" + (state.disk_total_bytes ? ", " + fmtMiB(state.disk_copied_bytes) + " of disks copied" : "") +
           ", in " + fmtS(state.total_time_ms) + "." : "Stopped at " + pct.toFixed(0) + " % (" + state.state_display.toLowerCase() + ")" + diskText + ".");
@@ -159,7 +167,7 @@
       text("stat-elapsed", fmtS(s.elapsed_ms));
       var speed = s.throughput_mib_s + (s.disk_throughput_mib_s || 0);
       var eta = a.sized && speed > 0 ? 1000 * (a.left / MIB) / speed : null;
-      if (state.active) text("stat-eta", eta === null ? "—" : "~" + fmtS(eta));
+      if (state.in_flight) text("stat-eta", eta === null ? "—" : "~" + fmtS(eta));
       text("stat-throughput", s.throughput_mib_s.toFixed(1) + " MiB/s");
       text("stat-disk-throughput", (s.disk_throughput_mib_s || 0).toFixed(1) + " MiB/s");
       text("stat-dirty", s.dirty_rate_mib_s.toFixed(1) + " MiB/s");
@@ -171,20 +179,67 @@
     }
 
     /* The server judges convergence (migrator.live.convergence_warning); the page only shows its words. */
-    function convergence(warning) {
+    function convergence(warning, advice) {
       var box = document.getElementById("not-converging");
-      if (!state.active || !warning) { box.classList.add("d-none"); return; }
-      box.textContent = warning;
+      if (!state.in_flight || !warning) { box.classList.add("d-none"); return; }
+      box.querySelector('[data-field="warning"]').textContent = warning;
+      var form = document.getElementById("advice-form");
+      if (form) {
+        form.classList.toggle("d-none", !advice);
+        if (advice) {
+          form.querySelector('[name="kind"]').value = advice.kind;
+          form.querySelector('[name="value"]').value = advice.value === null ? "" : advice.value;
+          form.querySelector("button").textContent = advice.label;
+          form.querySelector('[data-field="why"]').textContent = advice.why;
+        }
+      }
       box.classList.remove("d-none");
+    }
+
+    function stalled(seconds) {
+      var box = document.getElementById("stalled");
+      if (!state.in_flight || !seconds) { box.classList.add("d-none"); return; }
+      box.textContent = "Nothing has moved for " + seconds + " s: " + state.source_name + " and " +
+        state.destination_name + " may have lost each other. libvirt gives up after about 30 s without an answer.";
+      box.classList.remove("d-none");
+    }
+
+    function controls(m) {
+      var panel = document.getElementById("controls");
+      if (panel) {
+        var kinds = m.available_actions || [];
+        panel.classList.toggle("d-none", !kinds.length);
+        panel.querySelectorAll("form[data-kind]").forEach(function (f) {
+          f.classList.toggle("d-none", kinds.indexOf(f.getAttribute("data-kind")) < 0);
+        });
+        var log = document.getElementById("action-log");
+        log.innerHTML = "";
+        (m.actions || []).forEach(function (a) {
+          var li = document.createElement("li");
+          li.textContent = a.label + " — " + a.requested_by + ": " + (a.ok === null ? "waiting for the worker" : a.result);
+          log.appendChild(li);
+        });
+      }
+      var cancel = document.getElementById("cancel-form");
+      if (cancel && (m.postcopy_started || !m.in_flight)) cancel.classList.add("d-none");
+      document.getElementById("interrupted").classList.toggle("d-none", m.state !== "interrupted");
+      document.getElementById("attention").classList.toggle("d-none", m.state !== "attention");
+      var notes = { interrupted_note: m.outcome_note || "", attention_note: m.outcome_note || "" };
+      Object.keys(notes).forEach(function (k) {
+        var el = document.querySelector('[data-field="' + k + '"]');
+        if (el) el.textContent = notes[k];
+      });
     }
 
     function showState(m) {
       state = m;
-      convergence(m.convergence_warning);
+      convergence(m.convergence_warning, m.convergence_advice);
+      controls(m);
+      if (!m.in_flight) stalled(0);
       var badge = document.getElementById("state-badge");
       badge.className = "badge badge-" + m.badge;
       badge.textContent = m.state_display;
-      if (!m.active) {
+      if (!m.in_flight) {
         var cancel = document.getElementById("cancel-form");
         if (cancel) cancel.classList.add("d-none");
         document.getElementById("not-converging").classList.add("d-none");
@@ -195,6 +250,7 @@
         sum.querySelector(".badge").className = "badge badge-" + m.badge;
         set("outcome_note", m.outcome_note || "");
         set("error_message", m.error_message || "");
+        set("libvirt_message", m.libvirt_message || "");
         set("total_time", m.total_time_ms === null ? "—" : m.total_time_ms + " ms");
         set("downtime", m.downtime_ms === null ? "—" : m.downtime_ms + " ms");
         set("data", m.data_text);
@@ -212,7 +268,7 @@
         if (m.error_message && !sum.querySelector('[data-field="error_message"]')) {
           var div = document.createElement("div");
           div.className = "alert alert-danger";
-          div.textContent = "libvirt said: " + m.error_message;
+          div.textContent = "What happened: " + m.error_message + (m.libvirt_message ? " (libvirt said: " + m.libvirt_message + ")" : "");
           sum.querySelector(".card-body").insertBefore(div, sum.querySelector("p"));
         }
       }
@@ -220,7 +276,8 @@
 
     JSON.parse(document.getElementById("samples-data").textContent).forEach(addSample);
     redraw();
-    convergence(state.convergence_warning);
+    convergence(state.convergence_warning, state.convergence_advice);
+    controls(state);
     socket("/ws/migrations/" + id + "/", {
       message: function (msg) {
         if (msg.type === "history") {
@@ -229,9 +286,11 @@
           redraw();
         } else if (msg.type === "sample") {
           if (addSample(msg.sample)) redraw();
-          convergence(msg.convergence_warning);
+          convergence(msg.convergence_warning, msg.convergence_advice);
+          stalled(msg.sample.stalled_s);
         } else if (msg.type === "state") {
           showState(msg.migration);
+          redraw();
         }
       },
     });

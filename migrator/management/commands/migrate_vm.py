@@ -34,6 +34,9 @@ class Command(BaseCommand):
         parser.add_argument("--bandwidth", type=int, default=0, help="MiB/s, 0 = unlimited")
         parser.add_argument("--max-downtime", type=int, default=DEFAULT_MAX_DOWNTIME_MS, help="milliseconds")
         parser.add_argument("--auto-converge", action="store_true")
+        parser.add_argument(
+            "--postcopy", action="store_true", help="allow post-copy (switch with control_migration ID postcopy)"
+        )
         parser.add_argument("--timeout", type=int, help="seconds of pre-copy before --timeout-action")
         parser.add_argument("--timeout-action", choices=["suspend", "postcopy", "abort"], default="suspend")
         parser.add_argument(
@@ -93,6 +96,7 @@ class Command(BaseCommand):
             "max_downtime_ms": o["max_downtime"],
             "bandwidth_mib_s": o["bandwidth"],
             "auto_converge": o["auto_converge"],
+            "allow_postcopy": o["postcopy"],
             "timeout_s": "" if o["timeout"] is None else o["timeout"],
             "timeout_action": o["timeout_action"] if o["timeout"] is not None else "",
             "compression": o["compression"],
@@ -165,7 +169,7 @@ class Command(BaseCommand):
                     f"dirty {sample['dirty_rate_mib_s']:.1f} MiB/s  "
                     f"remaining {sample['data_remaining_bytes'] / MIB:.1f} MiB"
                 )
-            if not migration.is_active:
+            if not migration.in_flight:
                 return migration
             time.sleep(1)
 
