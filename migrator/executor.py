@@ -329,14 +329,16 @@ class Executor:
 
     # ------------------------------------------------------------ outcomes
 
-    def _settle_success(self, run: gateway.MigrationRun | None, outcome: gateway.MigrationOutcome | None) -> None:
+    def _settle_success(
+        self, run: gateway.MigrationRun | None, outcome: gateway.MigrationOutcome | None, note: str = ""
+    ) -> None:
         m = self.migration
         stats = self._safe(lambda: gateway.completed_job_stats(self.dst_uri, m.vm_uuid)) or {}
         final = completed_stats(outcome.stats if outcome else {}, stats)
         # The last reading can predate the end by a whole sampling interval
         # (a sub-second migration has one or two): the chart ends on the truth.
         self._on_sample(final_sample_stats(final))
-        notes = self._stall_notes()
+        notes = ([note] if note else []) + self._stall_notes()
         taken = outcome.timeout_action_taken if outcome else ""
         if taken == "suspend":
             notes.append("The timeout suspended the VM so the copy could finish; the downtime includes that pause.")
@@ -390,18 +392,32 @@ class Executor:
             return None
 
     def _completed_by_itself(self, where: Whereabouts) -> bool:
-        """The job completed inside libvirt (libvirt's own completed-job
-        statistics on the destination say so) although its call failed or
-        its worker died: record the success."""
+        """The job completed inside libvirt although its call failed or its
+        worker died (a post-copy whose stream came back, a worker killed
+        mid-job): record the success, but only on libvirt's word, its
+        completed-job statistics on either host."""
         m = self.migration
         src, dst = where.source, where.destination
         if dst is None or not dst.running or dst.postcopy or src is None or src.running or src.postcopy:
             return False
-        stats = self._safe(lambda: gateway.completed_job_stats(self.dst_uri, m.vm_uuid))
-        if not stats:
+        stats = self._safe(lambda: gateway.completed_job_stats(self.dst_uri, m.vm_uuid)) or {}
+        if not stats and src.state is not None:
+            # The source keeps its outgoing job's statistics while the VM stays
+            # defined there; only an outgoing migration's count.
+            outgoing = self._safe(lambda: gateway.completed_job_stats(self.src_uri, m.vm_uuid)) or {}
+            if outgoing.get("operation") == gateway.JobOperation.MIGRATION_OUT or src.migrated_away:
+                stats = outgoing
+        # "shut off (migrated)" on the source is libvirt's word too, when the
+        # statistics were already read away.
+        if not stats and not src.migrated_away:
             return False
-        m.log("completed", f"libvirt on {m.destination_name} reports the migration completed.")
-        self._settle_success(None, gateway.MigrationOutcome(True, stats))
+        m.log("completed", "libvirt reports the migration completed.")
+        self._settle_success(
+            None,
+            gateway.MigrationOutcome(True, stats),
+            note="libvirt completed the migration after its call had reported an error"
+            + (" (post-copy went on when the hosts saw each other again)." if m.postcopy_started_at else "."),
+        )
         return True
 
     def _settle_failure(

@@ -64,6 +64,8 @@ def explain(error: gateway.GatewayError | None, seen: Circumstances) -> str:
         return f"The libvirt daemon on {dst} stopped or does not answer. Check it (and restart it) on {dst}."
     if error is not None and error.code == ErrorCode.OPERATION_TIMEOUT:
         return f"libvirt gave up waiting: {src} or {dst} answered too slowly. Check their load and the network."
+    if any(word in text for word in LINK_LOST) and seen.postcopy_started:
+        return f"The connection between {src} and {dst} was lost during post-copy."
     if any(word in text for word in LINK_LOST):
         return (
             f"The connection between {src} and {dst} was lost during the migration. "

@@ -49,6 +49,13 @@ class JobType(IntEnum):
     CANCELLED = libvirt.VIR_DOMAIN_JOB_CANCELLED
 
 
+class JobOperation(IntEnum):
+    """virDomainJobOperation: the "operation" of a jobStats() reading."""
+
+    MIGRATION_IN = libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN
+    MIGRATION_OUT = libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT
+
+
 JOB_TYPE_NAMES = {
     JobType.NONE: "none",
     JobType.BOUNDED: "bounded",

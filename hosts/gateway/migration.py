@@ -490,7 +490,8 @@ def completed_job_stats(uri: str, uuid: str) -> dict[str, Any]:
     with connection(uri) as conn:
         try:
             dom = conn.lookupByUUIDString(uuid)
-            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            # KEEP_COMPLETED: reading them must not discard them for the next reader.
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
         except libvirt.libvirtError:
             return {}
     return _job_or_nothing(stats)
@@ -532,6 +533,8 @@ class Placement:
     state: str | None  # "running", "paused", … or None: not defined there
     postcopy: str = ""  # "active" while post-copy runs, "failed" when it lost its link
     persistent: bool = False
+    # Shut off because it migrated away (libvirt's own word that it left).
+    migrated_away: bool = False
 
     @property
     def running(self) -> bool:
@@ -562,6 +565,7 @@ def placement(uri: str, uuid: str) -> Placement:
         STATE_NAMES.get(DomainState(state), "unknown"),
         _POSTCOPY_REASONS.get((state, reason), ""),
         persistent,
+        migrated_away=(state, reason) == (DomainState.SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED),
     )
 
 
