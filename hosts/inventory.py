@@ -109,7 +109,7 @@ def refresh_host(host: Host) -> Host:
         info = gateway.host_info(connect_uri(host))
         vms = gateway.list_vms(connect_uri(host))
     except gateway.GatewayError as error:
-        host.record_inventory_error(error)
+        host.record_inventory_error(error.naming(host.name))
         return host
     store_inventory(host, info, vms)
     return host

@@ -130,6 +130,13 @@ CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", "False")
 
 # Where libvirt connections give up: a dead host must not hang a page or a job.
 LIBVIRT_CONNECT_TIMEOUT_S = envint("LIBVIRT_CONNECT_TIMEOUT_S", "10")
+# How long one libvirt read may take before its host counts as not answering;
+# long work (a migration, a dirty-rate measurement, creating images) is not cut by it.
+LIBVIRT_CALL_TIMEOUT_S = envint("LIBVIRT_CALL_TIMEOUT_S", "10")
+# libvirt's keepalive: a daemon silent for INTERVAL × (COUNT + 1) seconds has
+# its connections closed, which ends any call stuck on it.
+LIBVIRT_KEEPALIVE_INTERVAL_S = envint("LIBVIRT_KEEPALIVE_INTERVAL_S", "5")
+LIBVIRT_KEEPALIVE_COUNT = envint("LIBVIRT_KEEPALIVE_COUNT", "3")
 # How often the migration job reads libvirt's job statistics.
 MIGRATION_SAMPLE_INTERVAL_S = float(os.getenv("MIGRATION_SAMPLE_INTERVAL_S", "0.5"))
 INVENTORY_MAX_AGE_S = envint("INVENTORY_MAX_AGE_S", "300")

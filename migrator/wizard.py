@@ -3,10 +3,12 @@ pre-check verdict) → disks and parameters → review → start."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from django import forms
 from django.contrib import messages
 from django.core import signing
-from django.db import IntegrityError
+from django.db import IntegrityError, connections
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -19,10 +21,10 @@ from .audit.requests import audit, client_address
 from .forms import MigrationForm
 from .jobs import queue_migration
 from .models import Migration
-from .parameters import describe_disk_plan
+from .parameters import MigrationParameters, describe_disk_plan
 from .planning.dirtyrate import vm_dirty_rate_context
 from .planning.prediction import predict_for
-from .prechecks import run_prechecks
+from .prechecks import Report, read_source_facts, run_prechecks
 from .roles import OPERATORS, role_required
 
 
@@ -35,6 +37,9 @@ def _features(vm: VirtualMachine) -> gateway.MigrationFeatures | None:
 
 REVIEW_SALT = "migrator.wizard.review"
 REVIEW_MAX_AGE_S = 24 * 3600
+# Destinations judged at once on the destination step: each waits for its own
+# host, so a host that does not answer costs the page one bound, not one per host.
+DESTINATION_CHECKS_AT_ONCE = 16
 
 
 class StepChoice(forms.Form):
@@ -78,14 +83,31 @@ def pick_vm(request):
 
 
 def pick_destination(request, vm: VirtualMachine):
-    options = []
-    for host in Host.objects.enabled().exclude(pk=vm.host_id):
-        # Judged with the plan the next step offers by default, so a VM with
-        # local disks is not blocked for the disks it would copy.
-        plan = MigrationForm.default_parameters(vm, host)
-        report = run_prechecks(vm, vm.host, host, plan)
-        options.append((host, report, describe_disk_plan(vm, plan)))
+    # Judged with the plan the next step offers by default, so a VM with
+    # local disks is not blocked for the disks it would copy.
+    plans = [
+        (host, MigrationForm.default_parameters(vm, host)) for host in Host.objects.enabled().exclude(pk=vm.host_id)
+    ]
+    reports = _judge_all(vm, plans) if plans else []
+    options = [
+        (host, report, describe_disk_plan(vm, plan)) for (host, plan), report in zip(plans, reports, strict=True)
+    ]
     return render(request, "migrator/new_destination.html", {"vm": vm, "options": options})
+
+
+def _judge_all(vm: VirtualMachine, plans: list[tuple[Host, MigrationParameters]]) -> list[Report]:
+    """Each destination's report, all at once: the source is read once, and
+    each destination waits for its own host only."""
+    source_facts = read_source_facts(vm, vm.host)
+
+    def judge(destination: Host, plan: MigrationParameters) -> Report:
+        try:
+            return run_prechecks(vm, vm.host, destination, plan, source_facts=source_facts)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(min(len(plans), DESTINATION_CHECKS_AT_ONCE), thread_name_prefix="precheck") as pool:
+        return list(pool.map(lambda pair: judge(*pair), plans))
 
 
 def choose_parameters(request, vm: VirtualMachine, destination: Host, form: MigrationForm | None = None):

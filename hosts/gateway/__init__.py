@@ -2,12 +2,16 @@
 
 Views, forms and jobs call these functions and get plain dataclasses back;
 every libvirt failure becomes a `GatewayError` carrying libvirt's code, domain
-and message. Connections are opened with a timeout (a dead host must not hang
-a page or a job), reused per process, and dropped as soon as they fail.
+and message. A host that does not answer must not hang a page or a job:
+connections are opened with a timeout, reads run under a bound (`call`),
+longer work relies on libvirt's keepalive; connections are reused per process
+and dropped as soon as they fail.
 
     constants    libvirt's numbers under names: states, job types, flags, parameters, error codes
     errors       GatewayError and its hints
-    connections  the pool, connections opened with a timeout, whether a daemon answers
+    events       libvirt's event loop, one thread per process, which keepalive needs
+    connections  the bounds (configure), the pool, connections opened with a timeout, call
+                 (work on a host within a bound), whether a daemon answers
     domain_xml   a domain's XML read without libvirt: ParsedDomain, DiskInfo, InterfaceInfo
     domains      the host's VMs: read, state, lifecycle; by name: define, start, destroy, undefine
     facts        host capabilities, networks, CPU comparison, migration features, dirty rate, warming
@@ -17,7 +21,19 @@ a page or a job), reused per process, and dropped as soon as they fail.
 
 import libvirt
 
-from .connections import DEFAULT_CONNECT_TIMEOUT_S, answers, call, close_all, connection, open_connection
+from .connections import (
+    DEFAULT_CALL_TIMEOUT_S,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    UNBOUNDED,
+    GatewaySettings,
+    answers,
+    call,
+    close_all,
+    configure,
+    connection,
+    current_settings,
+    open_connection,
+)
 from .constants import (
     JOB_TYPE_NAMES,
     RUNNING_STATES,
@@ -25,6 +41,7 @@ from .constants import (
     SUPPORTS_MIGRATION_PIN_PARAM,
     DomainState,
     ErrorCode,
+    JobOperation,
     JobType,
     MigrateFlag,
     MigrateParam,
@@ -51,6 +68,7 @@ from .domains import (
     wait_for,
 )
 from .errors import ERROR_HINTS, GatewayError
+from .events import event_loop_running, event_loop_turns
 from .facts import (
     CpuVerdict,
     DirtyRate,
@@ -86,6 +104,7 @@ from .storage import PathInfo, create_volume, delete_volume, ensure_dir_pool, pa
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 __all__ = [
+    "DEFAULT_CALL_TIMEOUT_S",
     "DEFAULT_CONNECT_TIMEOUT_S",
     "ERROR_HINTS",
     "JOB_TYPE_NAMES",
@@ -93,6 +112,7 @@ __all__ = [
     "RUNNING_STATES",
     "STATE_NAMES",
     "SUPPORTS_MIGRATION_PIN_PARAM",
+    "UNBOUNDED",
     "CpuVerdict",
     "DirtyRate",
     "DiskInfo",
@@ -100,9 +120,11 @@ __all__ = [
     "DomainStatus",
     "ErrorCode",
     "GatewayError",
+    "GatewaySettings",
     "HostInfo",
     "InterfaceInfo",
     "JobAction",
+    "JobOperation",
     "JobType",
     "MigrateFlag",
     "MigrateParam",
@@ -122,8 +144,10 @@ __all__ = [
     "close_all",
     "compare_guest_cpu",
     "completed_job_stats",
+    "configure",
     "connection",
     "create_volume",
+    "current_settings",
     "define_domain",
     "delete_volume",
     "destroy_domain",
@@ -131,6 +155,8 @@ __all__ = [
     "dirty_rate",
     "domain_status",
     "ensure_dir_pool",
+    "event_loop_running",
+    "event_loop_turns",
     "find_vm",
     "forget_inactive_copy",
     "host_info",

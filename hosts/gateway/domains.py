@@ -1,6 +1,11 @@
 """The VMs on a host: what they are (read from their XML and libvirt's
 counters), what state they are in, the few actions the dashboard takes, and
-those the lab takes on its guests by name (define, start, destroy, undefine)."""
+those the lab takes on its guests by name (define, start, destroy, undefine).
+
+Reads run under the gateway's call bound. Actions have no bound of their own
+(starting or destroying a VM takes what it takes): keepalive ends them when
+the daemon falls silent.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 
 import libvirt
 
-from .connections import connection
+from .connections import UNBOUNDED, call
 from .constants import RUNNING_STATES, STATE_NAMES, DomainState, ErrorCode
 from .domain_xml import DiskInfo, InterfaceInfo, parse_domain_xml
 from .errors import GatewayError
@@ -94,8 +99,7 @@ def _read_all(conn: libvirt.virConnect, read: Callable[[libvirt.virDomain], Any]
 
 
 def list_vms(uri: str) -> list[VMInfo]:
-    with connection(uri) as conn:
-        return _read_all(conn, _vm_info)
+    return call(uri, lambda conn: _read_all(conn, _vm_info))
 
 
 def _lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
@@ -103,13 +107,14 @@ def _lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
 
 
 def vm_info(uri: str, uuid: str) -> VMInfo:
-    with connection(uri) as conn:
-        return _vm_info(_lookup(conn, uuid))
+    return call(uri, lambda conn: _vm_info(_lookup(conn, uuid)))
 
 
 def find_vm(uri: str, *, uuid: str = "", name: str = "") -> VMInfo | None:
-    """The VM with this UUID or name on the host, or None when it is not there."""
-    with connection(uri) as conn:
+    """The VM with this UUID or name on the host, or None when the host says
+    it is not there (GatewayError when the host does not answer)."""
+
+    def read(conn: libvirt.virConnect) -> VMInfo | None:
         try:
             dom = conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name)
         except libvirt.libvirtError as exc:
@@ -118,17 +123,25 @@ def find_vm(uri: str, *, uuid: str = "", name: str = "") -> VMInfo | None:
             raise
         return _vm_info(dom)
 
+    return call(uri, read)
+
 
 def vm_state(uri: str, uuid: str) -> str | None:
-    """'running', 'paused', … or None when the host does not have the VM."""
-    with connection(uri) as conn:
+    """'running', 'paused', … or None when the host answers that it does not
+    have the VM. Unknown is not absent: a host that does not answer raises
+    GatewayError."""
+
+    def read(conn: libvirt.virConnect) -> int | None:
         try:
             state, _ = conn.lookupByUUIDString(uuid).state()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == ErrorCode.NO_DOMAIN:
                 return None
             raise
-    return STATE_NAMES.get(state, "unknown")
+        return state
+
+    state = call(uri, read)
+    return None if state is None else STATE_NAMES.get(state, "unknown")
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
@@ -146,24 +159,30 @@ LIFECYCLE_ACTIONS = ("start", "shutdown", "reboot", "destroy")
 def vm_lifecycle(uri: str, uuid: str, action: str) -> None:
     if action not in LIFECYCLE_ACTIONS:
         raise GatewayError(f"Unknown action {action!r}.", uri=uri)
-    with connection(uri) as conn:
+
+    def act(conn: libvirt.virConnect) -> None:
         dom = _lookup(conn, uuid)
         {"start": dom.create, "shutdown": dom.shutdown, "reboot": lambda: dom.reboot(0), "destroy": dom.destroy}[
             action
         ]()
 
+    call(uri, act, UNBOUNDED)
+
 
 def resume_vm(uri: str, uuid: str) -> None:
-    with connection(uri) as conn:
+    def resume(conn: libvirt.virConnect) -> None:
         dom = _lookup(conn, uuid)
         if dom.state()[0] == DomainState.PAUSED:
             dom.resume()
+
+    call(uri, resume, UNBOUNDED)
 
 
 def destroy_leftover(uri: str, uuid: str) -> bool:
     """Remove a paused incoming copy left on a destination by a failed
     migration. Returns True when one was removed. A running VM is never touched."""
-    with connection(uri) as conn:
+
+    def destroy(conn: libvirt.virConnect) -> bool:
         try:
             dom = conn.lookupByUUIDString(uuid)
         except libvirt.libvirtError as exc:
@@ -179,6 +198,8 @@ def destroy_leftover(uri: str, uuid: str) -> bool:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
         return True
+
+    return call(uri, destroy, UNBOUNDED)
 
 
 @dataclass(frozen=True)
@@ -201,8 +222,10 @@ def _status(dom: libvirt.virDomain) -> DomainStatus:
 
 
 def domain_status(uri: str, name: str) -> DomainStatus | None:
-    """The domain called `name` on the host, or None when it is not there."""
-    with connection(uri) as conn:
+    """The domain called `name` on the host, or None when the host says it is
+    not there (GatewayError when the host does not answer)."""
+
+    def read(conn: libvirt.virConnect) -> DomainStatus | None:
         try:
             return _status(conn.lookupByName(name))
         except libvirt.libvirtError as exc:
@@ -210,35 +233,31 @@ def domain_status(uri: str, name: str) -> DomainStatus | None:
                 return None
             raise
 
+    return call(uri, read)
+
 
 def list_domains(uri: str, *, active_only: bool = False) -> list[DomainStatus]:
     flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if active_only else 0
-    with connection(uri) as conn:
-        return _read_all(conn, _status, flags)
+    return call(uri, lambda conn: _read_all(conn, _status, flags))
 
 
 def define_domain(uri: str, xml: str) -> None:
     """Define the domain, or redefine the one with the same name and UUID."""
-    with connection(uri) as conn:
-        conn.defineXML(xml)
+    call(uri, lambda conn: conn.defineXML(xml), UNBOUNDED)
 
 
 def read_domain_xml(uri: str, name: str) -> str:
     """The domain's XML as it is now (the live one while it runs)."""
-    with connection(uri) as conn:
-        return conn.lookupByName(name).XMLDesc(0)
+    return call(uri, lambda conn: conn.lookupByName(name).XMLDesc(0))
 
 
 def start_domain(uri: str, name: str) -> None:
-    with connection(uri) as conn:
-        conn.lookupByName(name).create()
+    call(uri, lambda conn: conn.lookupByName(name).create(), UNBOUNDED)
 
 
 def destroy_domain(uri: str, name: str) -> None:
-    with connection(uri) as conn:
-        conn.lookupByName(name).destroy()
+    call(uri, lambda conn: conn.lookupByName(name).destroy(), UNBOUNDED)
 
 
 def undefine_domain(uri: str, name: str) -> None:
-    with connection(uri) as conn:
-        conn.lookupByName(name).undefine()
+    call(uri, lambda conn: conn.lookupByName(name).undefine(), UNBOUNDED)

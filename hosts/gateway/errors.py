@@ -29,6 +29,10 @@ ERROR_HINTS = {
     ErrorCode.OPERATION_FAILED: "The operation failed on the host; the message says why.",
     ErrorCode.INTERNAL_ERROR: "libvirt reported an internal error; the host's libvirtd log has details.",
 }
+NO_ANSWER_HINT = (
+    "Check that libvirtd runs on the host and is not stuck (a stopped or overloaded daemon accepts "
+    "connections and never answers), and the network to it."
+)
 
 
 class GatewayError(Exception):
@@ -71,8 +75,34 @@ class GatewayError(Exception):
             uri=uri,
         )
 
+    @classmethod
+    def no_answer(cls, uri: str, timeout_s: float, name: str = "") -> GatewayError:
+        """The host did not answer within the gateway's own bound (not a
+        timeout that libvirt reported)."""
+        return cls(
+            f"{name or uri} does not answer ({timeout_s:g} s).",
+            code=ErrorCode.OPERATION_TIMEOUT,
+            extra={"no_answer_s": timeout_s},
+            uri=uri,
+        )
+
+    @property
+    def no_answer_s(self) -> float | None:
+        """The bound the host did not answer within; None for every other error."""
+        if self.code != ErrorCode.OPERATION_TIMEOUT:
+            return None
+        return self.extra.get("no_answer_s")
+
+    def naming(self, name: str) -> GatewayError:
+        """This error, saying `name` where it says the host's URI."""
+        if self.no_answer_s is None:
+            return self
+        return GatewayError.no_answer(self.uri, self.no_answer_s, name)
+
     @property
     def hint(self) -> str:
+        if self.no_answer_s is not None:
+            return NO_ANSWER_HINT
         return ERROR_HINTS.get(self.code, "")
 
     def as_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import libvirt
 
-from .connections import connection, open_connection
+from .connections import call, current_settings, open_connection
 from .constants import SUPPORTS_MIGRATION_PIN_PARAM, ErrorCode
 from .errors import GatewayError
 
@@ -83,61 +83,64 @@ def _memory_kib(conn: libvirt.virConnect) -> tuple[int, int]:
 
 
 def host_info(uri: str) -> HostInfo:
-    with connection(uri) as conn:
-        caps = ET.fromstring(conn.getCapabilities())
-        info = conn.getInfo()  # [model, MiB, cpus, MHz, nodes, sockets, cores, threads]
-        cpu = caps.find("host/cpu")
-        topology = cpu.find("topology") if cpu is not None else None
-        nodes, sockets, cores, threads = int(info[4]), int(info[5]), int(info[6]), int(info[7])
-        if topology is not None:
-            sockets = int(topology.get("sockets", sockets))
-            cores = int(topology.get("cores", cores))
-            threads = int(topology.get("threads", threads))
-        cells = caps.findall("host/topology/cells/cell")
-        nodes = len(cells) or nodes
-        total_kib, free_kib = _memory_kib(conn)
+    return call(uri, _host_info)
+
+
+def _host_info(conn: libvirt.virConnect) -> HostInfo:
+    caps = ET.fromstring(conn.getCapabilities())
+    info = conn.getInfo()  # [model, MiB, cpus, MHz, nodes, sockets, cores, threads]
+    cpu = caps.find("host/cpu")
+    topology = cpu.find("topology") if cpu is not None else None
+    nodes, sockets, cores, threads = int(info[4]), int(info[5]), int(info[6]), int(info[7])
+    if topology is not None:
+        sockets = int(topology.get("sockets", sockets))
+        cores = int(topology.get("cores", cores))
+        threads = int(topology.get("threads", threads))
+    cells = caps.findall("host/topology/cells/cell")
+    nodes = len(cells) or nodes
+    total_kib, free_kib = _memory_kib(conn)
+    try:
+        hv_version = _version_str(conn.getVersion())
+    except libvirt.libvirtError:
+        hv_version = ""
+    network_details = _networks(conn)
+    net_devices, bridges, net_devices_known, bridges_known = _net_devices(conn)
+    kvm = None
+    if conn.getType().upper() == "QEMU":
         try:
-            hv_version = _version_str(conn.getVersion())
+            conn.getDomainCapabilities(None, caps.findtext("host/cpu/arch") or None, None, "kvm", 0)
+            kvm = True
         except libvirt.libvirtError:
-            hv_version = ""
-        network_details = _networks(conn)
-        net_devices, bridges, net_devices_known, bridges_known = _net_devices(conn)
-        kvm = None
-        if conn.getType().upper() == "QEMU":
-            try:
-                conn.getDomainCapabilities(None, caps.findtext("host/cpu/arch") or None, None, "kvm", 0)
-                kvm = True
-            except libvirt.libvirtError:
-                kvm = False
-        # getInfo() counts sockets per NUMA node: nodes * sockets * cores is
-        # libvirt's documented count of physical cores.
-        physical = int(info[4]) * int(info[5]) * int(info[6])
-        return HostInfo(
-            hostname=conn.getHostname(),
-            driver=conn.getType(),
-            libvirt_version=_version_str(conn.getLibVersion()),
-            hypervisor_version=hv_version,
-            host_uuid=caps.findtext("host/uuid", ""),
-            arch=caps.findtext("host/cpu/arch", ""),
-            cpu_vendor=caps.findtext("host/cpu/vendor", ""),
-            cpu_model=caps.findtext("host/cpu/model", "") or str(info[0]),
-            cpu_sockets=sockets,
-            cpu_cores_per_socket=cores,
-            cpu_threads_per_core=threads,
-            numa_nodes=nodes,
-            physical_cores=physical,
-            logical_cpus=int(info[2]),
-            memory_total_kib=total_kib,
-            memory_free_kib=free_kib,
-            networks=sorted(network_details),
-            bridges=bridges,
-            cpu_xml=ET.tostring(cpu, encoding="unicode") if cpu is not None else "",
-            kvm=kvm,
-            network_details=network_details,
-            net_devices=net_devices,
-            net_devices_known=net_devices_known,
-            bridges_known=bridges_known,
-        )
+            kvm = False
+    # getInfo() counts sockets per NUMA node: nodes * sockets * cores is
+    # libvirt's documented count of physical cores.
+    physical = int(info[4]) * int(info[5]) * int(info[6])
+    return HostInfo(
+        hostname=conn.getHostname(),
+        driver=conn.getType(),
+        libvirt_version=_version_str(conn.getLibVersion()),
+        hypervisor_version=hv_version,
+        host_uuid=caps.findtext("host/uuid", ""),
+        arch=caps.findtext("host/cpu/arch", ""),
+        cpu_vendor=caps.findtext("host/cpu/vendor", ""),
+        cpu_model=caps.findtext("host/cpu/model", "") or str(info[0]),
+        cpu_sockets=sockets,
+        cpu_cores_per_socket=cores,
+        cpu_threads_per_core=threads,
+        numa_nodes=nodes,
+        physical_cores=physical,
+        logical_cpus=int(info[2]),
+        memory_total_kib=total_kib,
+        memory_free_kib=free_kib,
+        networks=sorted(network_details),
+        bridges=bridges,
+        cpu_xml=ET.tostring(cpu, encoding="unicode") if cpu is not None else "",
+        kvm=kvm,
+        network_details=network_details,
+        net_devices=net_devices,
+        net_devices_known=net_devices_known,
+        bridges_known=bridges_known,
+    )
 
 
 def _network_info(net: libvirt.virNetwork) -> NetworkInfo:
@@ -240,7 +243,8 @@ def compare_guest_cpu(uri: str, vm: dict[str, Any]) -> CpuVerdict:
     cpu_xml = vm.get("cpu_xml") or ""
     if not cpu_xml or "host-passthrough" in cpu_xml or "host-model" in cpu_xml:
         return CpuVerdict(True, "the VM takes its CPU from the host; host CPU models are compared instead")
-    with connection(uri) as conn:
+
+    def compare(conn: libvirt.virConnect) -> CpuVerdict:
         try:
             result = conn.compareHypervisorCPU(
                 vm.get("emulator") or None,
@@ -254,9 +258,11 @@ def compare_guest_cpu(uri: str, vm: dict[str, Any]) -> CpuVerdict:
             if exc.get_error_code() == ErrorCode.CPU_INCOMPATIBLE:
                 return CpuVerdict(False, exc.get_error_message())
             raise
-    if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
-        return CpuVerdict(False, "the destination's CPU does not provide the VM's CPU model")
-    return CpuVerdict(True, "the destination accepts the VM's CPU model")
+        if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+            return CpuVerdict(False, "the destination's CPU does not provide the VM's CPU model")
+        return CpuVerdict(True, "the destination accepts the VM's CPU model")
+
+    return call(uri, compare)
 
 
 @dataclass(frozen=True)
@@ -275,35 +281,42 @@ def migration_features(uri: str, uuid: str | None = None) -> MigrationFeatures:
     """What the host's libvirt/QEMU offers for migration. libvirt has no query
     for this, so it is derived from versions measured against the releases:
     multifd zlib/zstd need libvirt >= 9.4; QEMU 9.1 removed 'mt'."""
-    with connection(uri) as conn:
-        lib = conn.getLibVersion()
+    return call(uri, lambda conn: _migration_features(conn, uuid))
+
+
+def _migration_features(conn: libvirt.virConnect, uuid: str | None) -> MigrationFeatures:
+    lib = conn.getLibVersion()
+    try:
+        qemu = conn.getVersion()
+    except libvirt.libvirtError:
+        qemu = 0
+    methods = ["xbzrle"]
+    if qemu and qemu < 9001000:
+        methods.append("mt")
+    if lib >= 9004000:
+        methods += ["zlib", "zstd"]
+    speed = downtime = None
+    if uuid:
         try:
-            qemu = conn.getVersion()
-        except libvirt.libvirtError:
-            qemu = 0
-        methods = ["xbzrle"]
-        if qemu and qemu < 9001000:
-            methods.append("mt")
-        if lib >= 9004000:
-            methods += ["zlib", "zstd"]
-        speed = downtime = None
-        if uuid:
-            try:
-                dom = conn.lookupByUUIDString(uuid)
-                speed = dom.migrateGetMaxSpeed(0)
-                downtime = dom.migrateGetMaxDowntime(0)
-            except (libvirt.libvirtError, AttributeError):
-                pass
-        return MigrationFeatures(
-            compression_methods=methods,
-            migration_pin=SUPPORTS_MIGRATION_PIN_PARAM,
-            postcopy=True,
-            parallel=lib >= 5002000,
-            max_speed_mib_s=speed,
-            max_downtime_ms=downtime,
-            libvirt_version=lib,
-            qemu_version=qemu,
-        )
+            dom = conn.lookupByUUIDString(uuid)
+            speed = dom.migrateGetMaxSpeed(0)
+            downtime = dom.migrateGetMaxDowntime(0)
+        except (libvirt.libvirtError, AttributeError):
+            pass
+    return MigrationFeatures(
+        compression_methods=methods,
+        migration_pin=SUPPORTS_MIGRATION_PIN_PARAM,
+        postcopy=True,
+        parallel=lib >= 5002000,
+        max_speed_mib_s=speed,
+        max_downtime_ms=downtime,
+        libvirt_version=lib,
+        qemu_version=qemu,
+    )
+
+
+# How long QEMU may take to report a reading after its window ends.
+DIRTY_RATE_REPORT_WAIT_S = 10
 
 
 @dataclass(frozen=True)
@@ -318,23 +331,28 @@ class DirtyRate:
 
 def dirty_rate(uri: str, uuid: str, window_s: int) -> DirtyRate:
     """Measure the VM's dirty page rate (R8) with QEMU's page sampling; other
-    modes crash QEMU 7.2 under TCG."""
-    with connection(uri) as conn:
-        dom = conn.lookupByUUIDString(uuid)
-        dom.startDirtyRateCalc(window_s, 0)
-        deadline = time.monotonic() + window_s + 10
-        time.sleep(window_s)
-        while True:
-            stats = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)[0][1]
-            status = stats.get("dirtyrate.calc_status")
-            if status == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        if status != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
-            raise GatewayError("The dirty-rate measurement did not finish in time.", uri=uri)
-        return DirtyRate(
-            dirty_rate_mib_s=float(stats.get("dirtyrate.megabytes_per_second", 0)),
-            window_s=int(stats.get("dirtyrate.calc_period", window_s)),
-            mode="page-sampling",
-            sample_pages=stats.get("dirtyrate.calc_sample_pages"),
-        )
+    modes crash QEMU 7.2 under TCG. Bounded by the window, the wait for QEMU
+    to report, and one call bound for the round trips."""
+    bound = window_s + DIRTY_RATE_REPORT_WAIT_S + current_settings().call_timeout_s
+    return call(uri, lambda conn: _dirty_rate(conn, uri, uuid, window_s), bound)
+
+
+def _dirty_rate(conn: libvirt.virConnect, uri: str, uuid: str, window_s: int) -> DirtyRate:
+    dom = conn.lookupByUUIDString(uuid)
+    dom.startDirtyRateCalc(window_s, 0)
+    deadline = time.monotonic() + window_s + DIRTY_RATE_REPORT_WAIT_S
+    time.sleep(window_s)
+    while True:
+        stats = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)[0][1]
+        status = stats.get("dirtyrate.calc_status")
+        if status == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if status != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+        raise GatewayError("The dirty-rate measurement did not finish in time.", uri=uri)
+    return DirtyRate(
+        dirty_rate_mib_s=float(stats.get("dirtyrate.megabytes_per_second", 0)),
+        window_s=int(stats.get("dirtyrate.calc_period", window_s)),
+        mode="page-sampling",
+        sample_pages=stats.get("dirtyrate.calc_sample_pages"),
+    )

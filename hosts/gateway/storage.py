@@ -1,6 +1,11 @@
 """Disk images on a host, seen through libvirt's storage API (the dashboard
 has no shell there): whether a path exists and who uses it, creating and
-deleting images."""
+deleting images.
+
+Reading a path runs under the gateway's call bound; creating and deleting
+images and pools have no bound of their own (a large image takes what it
+takes): keepalive ends them when the daemon falls silent.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from .connections import connection
+from .connections import UNBOUNDED, call
 from .constants import ErrorCode
 from .domain_xml import disk_files
 from .errors import GatewayError
@@ -73,7 +78,11 @@ def _disk_users(conn: libvirt.virConnect, path: str) -> tuple[str, ...]:
 def path_info(uri: str, path: str) -> PathInfo:
     """Whether `path` exists on the host and which of the host's VMs use it."""
     directory, _, name = path.rpartition("/")
-    with connection(uri) as conn, _dir_pool(conn, directory) as (pool, transient):
+    return call(uri, lambda conn: _path_info(conn, path, directory, name))
+
+
+def _path_info(conn: libvirt.virConnect, path: str, directory: str, name: str) -> PathInfo:
+    with _dir_pool(conn, directory) as (pool, transient):
         if pool is None:
             # No such directory on the host: the file cannot exist there.
             return PathInfo(path, False, False, "", None)
@@ -94,7 +103,8 @@ def create_volume(uri: str, path: str, fmt: str, capacity_bytes: int) -> None:
     """Create an empty image at `path` (R6: same format and virtual size as
     the source) through the pool that covers its directory."""
     directory, _, name = path.rpartition("/")
-    with connection(uri) as conn:
+
+    def create(conn: libvirt.virConnect) -> None:
         pool = _pool_for_dir(conn, directory)
         if pool is None:
             raise GatewayError(
@@ -109,43 +119,51 @@ def create_volume(uri: str, path: str, fmt: str, capacity_bytes: int) -> None:
         pool.refresh(0)
         pool.createXML(ET.tostring(root, encoding="unicode"), 0)
 
+    call(uri, create, UNBOUNDED)
+
 
 def delete_volume(uri: str, path: str) -> bool:
     """Delete the image at `path`; False when there was none."""
     directory, _, name = path.rpartition("/")
-    with connection(uri) as conn, _dir_pool(conn, directory) as (pool, _transient):
-        if pool is None:
-            return False
-        pool.refresh(0)
-        try:
-            vol = pool.storageVolLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == ErrorCode.NO_STORAGE_VOL:
+
+    def delete(conn: libvirt.virConnect) -> bool:
+        with _dir_pool(conn, directory) as (pool, _transient):
+            if pool is None:
                 return False
-            raise
-        vol.delete(0)
-        return True
+            pool.refresh(0)
+            try:
+                vol = pool.storageVolLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == ErrorCode.NO_STORAGE_VOL:
+                    return False
+                raise
+            vol.delete(0)
+            return True
+
+    return call(uri, delete, UNBOUNDED)
 
 
 def refresh_pool(uri: str, name: str) -> None:
     """Make the pool see files added or removed behind libvirt's back."""
-    with connection(uri) as conn:
-        conn.storagePoolLookupByName(name).refresh(0)
+    call(uri, lambda conn: conn.storagePoolLookupByName(name).refresh(0), UNBOUNDED)
 
 
 def ensure_dir_pool(uri: str, name: str, directory: str) -> None:
     """A persistent, autostarted `dir` pool on `directory`, started: libvirt
     creates a non-shared migration's images only where a pool covers them."""
-    with connection(uri) as conn:
-        try:
-            pool = conn.storagePoolLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != ErrorCode.NO_STORAGE_POOL:
-                raise
-            root = ET.Element("pool", type="dir")
-            ET.SubElement(root, "name").text = name
-            ET.SubElement(ET.SubElement(root, "target"), "path").text = directory
-            pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
-            pool.setAutostart(1)
-        if not pool.isActive():
-            pool.create(0)
+    call(uri, lambda conn: _ensure_dir_pool(conn, name, directory), UNBOUNDED)
+
+
+def _ensure_dir_pool(conn: libvirt.virConnect, name: str, directory: str) -> None:
+    try:
+        pool = conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != ErrorCode.NO_STORAGE_POOL:
+            raise
+        root = ET.Element("pool", type="dir")
+        ET.SubElement(root, "name").text = name
+        ET.SubElement(ET.SubElement(root, "target"), "path").text = directory
+        pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+        pool.setAutostart(1)
+    if not pool.isActive():
+        pool.create(0)

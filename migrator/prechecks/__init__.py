@@ -18,10 +18,31 @@ from hosts.models import Host, VirtualMachine
 from ..models import Migration
 from ..parameters import MigrationParameters
 from .network import _check_networks
-from .report import FAIL, PASS, WARN, Check, Facts, Report, _read
+from .report import FAIL, PASS, WARN, Check, Facts, Report, SourceFacts, _read, unreachable
 from .storage import _check_storage, chosen_disks
 
-__all__ = ["FAIL", "PASS", "WARN", "Check", "Report", "chosen_disks", "run_prechecks"]
+__all__ = [
+    "FAIL",
+    "PASS",
+    "WARN",
+    "Check",
+    "Report",
+    "SourceFacts",
+    "chosen_disks",
+    "read_source_facts",
+    "run_prechecks",
+]
+
+
+def read_source_facts(vm: VirtualMachine, source: Host) -> SourceFacts:
+    """What the source says about itself and the VM, for one report or for
+    every destination of the wizard's destination step."""
+    info, error = _read(lambda: gateway.host_info(connect_uri(source)), source)
+    if error is not None:
+        # One wait for a host that does not answer is enough.
+        return SourceFacts(info, error)
+    state, state_error = _read(lambda: gateway.vm_state(connect_uri(source), vm.uuid), source)
+    return SourceFacts(info, None, state, state_error)
 
 
 def run_prechecks(
@@ -31,9 +52,11 @@ def run_prechecks(
     params: MigrationParameters | dict[str, Any] | None = None,
     *,
     exclude_migration: int | None = None,
+    source_facts: SourceFacts | None = None,
 ) -> Report:
     """Every check for `vm` moving to `destination` under `params`; without
-    parameters the disks are judged as if nothing were copied."""
+    parameters the disks are judged as if nothing were copied. The source is
+    read unless `source_facts` (from read_source_facts) are given."""
     judge_disk_plan = params is not None
     params = MigrationParameters.from_record(params) if judge_disk_plan else MigrationParameters(create_images=False)
     report = Report()
@@ -53,12 +76,12 @@ def run_prechecks(
         report.add("destination", FAIL, "The destination is the source host; choose another host.")
         return report
 
-    facts = Facts()
-    facts.source_info, facts.source_error = _read(lambda: gateway.host_info(connect_uri(source)))
-    state, state_error = _read(lambda: gateway.vm_state(connect_uri(source), vm.uuid))
-    if facts.source_error or state_error:
-        error = facts.source_error or state_error
-        report.add("source reachable", FAIL, f"{source.name} does not answer: {error.message}", "R1")
+    if source_facts is None:
+        source_facts = read_source_facts(vm, source)
+    facts = Facts(source_info=source_facts.info, source_error=source_facts.error)
+    state, source_error = source_facts.vm_state, source_facts.error or source_facts.vm_state_error
+    if source_error:
+        report.add("source reachable", FAIL, unreachable(source, source_error), "R1")
     elif state is None:
         report.add("VM running", FAIL, f"{vm.name} is no longer on {source.name}; refresh the inventory.", "R2")
     elif state not in gateway.RUNNING_STATES:
@@ -66,14 +89,9 @@ def run_prechecks(
     else:
         report.add("VM running", PASS, f"{vm.name} is running on {source.name}", "R2")
 
-    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(connect_uri(destination)))
+    facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(connect_uri(destination)), destination)
     if facts.dest_error:
-        report.add(
-            "destination reachable",
-            FAIL,
-            f"{destination.name} does not answer: {facts.dest_error.message} {facts.dest_error.hint}".strip(),
-            "R1",
-        )
+        report.add("destination reachable", FAIL, unreachable(destination, facts.dest_error), "R1")
         return report
     report.add(
         "destination reachable",
@@ -134,7 +152,7 @@ def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
             "R3",
         )
         return
-    verdict, message = _read(lambda: gateway.compare_guest_cpu(connect_uri(destination), vm_dict))
+    verdict, message = _read(lambda: gateway.compare_guest_cpu(connect_uri(destination), vm_dict), destination)
     if message is not None:
         report.add("CPU model", FAIL, f"Could not compare CPUs on {destination.name}: {message.message}", "R3")
     elif not verdict.compatible:
@@ -168,8 +186,8 @@ def _check_capacity(report, vm, destination, dst) -> None:
 
 
 def _check_name_free(report, vm, destination) -> None:
-    by_uuid, error = _read(lambda: gateway.find_vm(connect_uri(destination), uuid=vm.uuid))
-    by_name, error2 = _read(lambda: gateway.find_vm(connect_uri(destination), name=vm.name))
+    by_uuid, error = _read(lambda: gateway.find_vm(connect_uri(destination), uuid=vm.uuid), destination)
+    by_name, error2 = _read(lambda: gateway.find_vm(connect_uri(destination), name=vm.name), destination)
     if error or error2:
         report.add("name free", FAIL, f"Could not list VMs on {destination.name}: {(error or error2).message}")
     elif by_uuid or by_name:

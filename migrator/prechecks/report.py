@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hosts import gateway
+from hosts.models import Host
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
+REACHABILITY_CHECKS = ("source reachable", "destination reachable")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class Report:
         return not self.failures
 
     @property
+    def no_answer(self) -> str:
+        """Why a host did not answer, from the failed reachability check; ""
+        when both answered."""
+        return next((c.message for c in self.failures if c.name in REACHABILITY_CHECKS), "")
+
+    @property
     def verdict(self) -> str:
         if self.failures:
             return "blocked"
@@ -54,6 +62,17 @@ class Report:
         return "; ".join(c.message for c in self.warnings) or "all checks passed"
 
 
+@dataclass(frozen=True)
+class SourceFacts:
+    """The source's side of a report, read once for every destination a page
+    judges."""
+
+    info: gateway.HostInfo | None
+    error: gateway.GatewayError | None
+    vm_state: str | None = None
+    vm_state_error: gateway.GatewayError | None = None
+
+
 @dataclass
 class Facts:
     """Live facts read once per report, so every check sees the same moment."""
@@ -64,8 +83,16 @@ class Facts:
     dest_error: gateway.GatewayError | None = None
 
 
-def _read(fn: Callable[[], Any]) -> tuple[Any, gateway.GatewayError | None]:
+def _read(fn: Callable[[], Any], host: Host | None = None) -> tuple[Any, gateway.GatewayError | None]:
+    """fn()'s answer, or the gateway's error (naming `host` when it did not answer)."""
     try:
         return fn(), None
     except gateway.GatewayError as error:
-        return None, error
+        return None, error.naming(host.name) if host is not None else error
+
+
+def unreachable(host: Host, error: gateway.GatewayError) -> str:
+    """A host that did not answer, in plain words."""
+    if error.no_answer_s is not None:
+        return error.naming(host.name).message
+    return f"{host.name} does not answer: {error.message} {error.hint}".strip()

@@ -57,8 +57,10 @@ def _check_storage(report, vm, source, destination, params, judge_disk_plan: boo
 
 def _check_shared_disk(report, disk, destination) -> None:
     target, path = disk["target"], disk["source"]
-    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path))
-    if error or not info.exists:
+    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path), destination)
+    if error:
+        report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R7")
+    elif not info.exists:
         report.add(
             f"disk {target}",
             FAIL,
@@ -74,7 +76,7 @@ def _inspect(report, disk, destination) -> gateway.PathInfo | None:
     """The destination's view of the disk's path; None (with a failed check)
     when it cannot be read or is a block device."""
     target, path = disk["target"], disk["source"]
-    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path))
+    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path), destination)
     if error:
         report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R6")
         return None
@@ -175,6 +177,8 @@ def _check_space(report, vm, destination, params) -> None:
         if info is not None and info.pool_available_bytes is not None:
             free = info.pool_available_bytes
             break
+        if error is not None and error.no_answer_s is not None:
+            break  # the next disk would wait for the same silent host
     if free is None:
         report.add("disk space", WARN, f"Could not read free space on {destination.name}.", "R5")
     elif free < need:

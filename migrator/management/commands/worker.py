@@ -5,6 +5,7 @@ import django_rq
 from django.core.management.base import BaseCommand
 from django.db import connections
 
+from hosts import gateway
 from migrator.executor import reconcile
 from migrator.jobs import QUEUE, maintenance
 
@@ -22,8 +23,10 @@ class Command(BaseCommand):
         settled = reconcile()
         for m in settled:
             self.stdout.write(f"Reconciled migration #{m.pk}: {m.state} ({m.outcome_note})")
-        # The work horse forks; it must not inherit an open database socket.
+        # The work horse forks; it must not inherit an open database socket,
+        # nor a libvirt connection whose replies its event loop could read.
         connections.close_all()
+        gateway.close_all()
         queue = django_rq.get_queue(QUEUE)
         if not burst and maintenance_every > 0:
             threading.Thread(target=self._schedule, args=(queue, maintenance_every), daemon=True).start()
