@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hosts.lab import Lab, LabError
+from hosts.lab import Faults, Lab, LabError
 
 SESSION_LOCK_TIMEOUT_S = 30 * 60  # a full lab test run takes a few minutes
 
@@ -77,6 +77,15 @@ def guest(lab: Lab) -> Iterator[Callable[[str], str]]:
     yield start
     for name in started:
         lab.park_guest(name)
+
+
+@pytest.fixture
+def fault(lab: Lab, guest) -> Iterator[Faults]:
+    """`lab.fault`, the faults a test injects; after the test every fault is
+    undone and a daemon it killed is started again (`lab.heal()`). It asks
+    for `guest` so that it heals before `guest` parks the test's guests."""
+    yield lab.fault
+    lab.heal()
 
 
 @pytest.fixture

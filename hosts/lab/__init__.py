@@ -5,8 +5,10 @@ Each host is a network namespace (network.py) in which a plain `libvirtd
 (daemons.py). The dashboard (root namespace) reaches each daemon through its
 unix socket; peer-to-peer migrations go daemon to daemon over the veth. Guests
 (guests.py) are TCG and boot a Debian kernel with a busybox initramfs that
-dirties memory at a chosen rate (images.py). See docs/lab.md in the shared docs
-for the facts behind the choices made here.
+dirties memory at a chosen rate (images.py). Tests inject faults (faults.py,
+`lab.fault`; host B's images sit on a small filesystem of their own to fill,
+imagefs.py) and check that a guest came through whole (integrity.py). See
+docs/lab.md in the shared docs for the facts behind the choices made here.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import TYPE_CHECKING
 
 from hosts import gateway
 
-from . import images, network, packages
+from . import imagefs, images, network, packages
 from .daemons import Daemons
+from .faults import Faults
 from .guests import BOOT_TIMEOUT_S, DEMO_GUESTS, TICK_TIMEOUT_S, DiskSpec, Guests, GuestSpec, image_path
+from .integrity import PATTERN_TIMEOUT_S, GuestChecks, GuestHealth
 from .layout import HOSTS, HostDef, Layout, default_root
 from .network import ROOT_VETH
 from .pki import LabPki, ensure_lab_pki
@@ -38,6 +42,8 @@ __all__ = [
     "HOSTS",
     "ROOT_VETH",
     "DiskSpec",
+    "Faults",
+    "GuestHealth",
     "GuestSpec",
     "HostDef",
     "Lab",
@@ -50,8 +56,9 @@ log = logging.getLogger(__name__)
 
 
 class Lab(Layout):
-    """The lab as one object: its paths (Layout), its life (up, down, status),
-    its guests and the bridges NIC tests add."""
+    """The lab as one object: its paths (Layout), its life (up, down, status,
+    heal), its guests, the bridges NIC tests add, the faults fault tests
+    inject (`lab.fault`) and the checks of a guest after one."""
 
     cannot_run_reason = staticmethod(cannot_run_reason)
     add_bridge = staticmethod(network.add_bridge)
@@ -61,6 +68,13 @@ class Lab(Layout):
         super().__init__(Path(root) if root else default_root())
         self._daemons = Daemons(self)
         self._guests = Guests(self)
+        self._faults = Faults(self, self._daemons)
+        self._checks = GuestChecks(self, self._daemons)
+
+    @property
+    def fault(self) -> Faults:
+        """Faults and their undos: `lab.fault.cut_link("A")`, `with lab.fault.link_cut("A"): ...`."""
+        return self._faults
 
     @property
     def pki(self) -> LabPki:
@@ -77,6 +91,9 @@ class Lab(Layout):
         if reason:
             raise LabError(reason)
         with self._locked():
+            # First: a hung daemon would be taken for a dead one, a cut link for a broken network.
+            with self._step("undo faults"):
+                self._faults.undo_all()
             with self._step("packages"):
                 packages.ensure_packages()
             with self._step("guest kernel + initramfs"):
@@ -91,6 +108,9 @@ class Lab(Layout):
                     self._daemons.ensure(key, restart=pki_changed)
             with self._step("route to B's TLS port"):
                 network.ensure_root_route()
+            with self._step("images filesystem of host B"):
+                for key in HOSTS:
+                    imagefs.ensure(self, key, self._daemons.pid(key))
             with self._step("warm daemons (QEMU capabilities)"):
                 self._daemons.warm()
             with self._step("storage pools, shared dir"):
@@ -107,19 +127,29 @@ class Lab(Layout):
     def down(self) -> None:
         """Stop everything the lab started and remove its namespaces and links."""
         with self._locked():
+            with self._step("undo faults"):
+                self._faults.undo_all()
             with self._step("destroy guests"):
                 self._guests.stop_all()
             with self._step("stop daemons and guest processes"):
                 self._daemons.stop_all()
             with self._step("remove namespaces and links"):
                 network.remove()
+            with self._step("unmount images filesystem of host B"):
+                for key in HOSTS:
+                    imagefs.unmount(self, key)
+
+    def heal(self) -> LabStatus:
+        """Undo every fault (links up, shaping off, disks unfilled, daemons
+        continued) and start any daemon that is gone: `up()` without booting guests."""
+        return self.up(start_guests=False)
 
     def status(self) -> LabStatus:
         hosts = {}
         for key, hd in HOSTS.items():
             alive = self._daemons.alive(key)
             answering, guests = False, ()
-            if alive:
+            if alive and not self._faults.daemon_is_hung(key):  # a hung daemon would block the call forever
                 try:
                     doms = gateway.list_domains(self.uri(key))
                     guests = tuple(GuestState(d.name, gateway.STATE_NAMES[d.state]) for d in doms)
@@ -137,7 +167,7 @@ class Lab(Layout):
                 answering,
                 guests,
             )
-        return LabStatus(self.root, hosts, network.root_route_exists())
+        return LabStatus(self.root, hosts, network.root_route_exists(), tuple(self._faults.active()))
 
     # ---------------------------------------------------------- guests (see guests.Guests)
 
@@ -173,6 +203,27 @@ class Lab(Layout):
 
     def wait_tick(self, name: str, host: str, timeout: float = TICK_TIMEOUT_S) -> None:
         self._guests.wait_tick(name, host, timeout)
+
+    # ---------------------------------------------------------- a guest after a fault (see integrity.GuestChecks)
+
+    def where_running(self, name: str) -> list[tuple[str, str]]:
+        return self._checks.where_running(name)
+
+    def last_tick(self, name: str, host: str) -> float | None:
+        return self._checks.last_tick(name, host)
+
+    def counter_advanced(
+        self, name: str, host: str, since: float | None = None, timeout: float = TICK_TIMEOUT_S
+    ) -> bool:
+        return self._checks.counter_advanced(name, host, since, timeout)
+
+    def pattern_intact(
+        self, name: str, host: str, since: float | None = None, timeout: float = PATTERN_TIMEOUT_S
+    ) -> bool:
+        return self._checks.pattern_intact(name, host, since, timeout)
+
+    def check_guest(self, name: str, since: float | None = None) -> GuestHealth:
+        return self._checks.check_guest(name, since)
 
     # ---------------------------------------------------------- Django
 

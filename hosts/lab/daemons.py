@@ -67,6 +67,13 @@ class Daemons:
         self._stop(key)
         self._start(key)
 
+    def restart(self, key: str) -> None:
+        """Stop the daemon gracefully (SIGTERM) and start it again; its guests go on running."""
+        log.info("restarting libvirtd %s", key)
+        self._write_configs(key)
+        self._stop(key)
+        self._start(key)
+
     def stop_all(self) -> None:
         for key in HOSTS:
             self.stop_host(key)
@@ -137,7 +144,8 @@ class Daemons:
         hd, d = HOSTS[key], self._layout.host_dir(key)
         for inside in BIND_MOUNTS:
             Path(inside).mkdir(parents=True, exist_ok=True)  # mount points; stay empty out here
-        mounts = [f"mount --bind {shlex.quote(str(d / sub))} {inside}" for inside, sub in BIND_MOUNTS.items()]
+        # --rbind: what is mounted below them comes along (host B's images filesystem, imagefs.py).
+        mounts = [f"mount --rbind {shlex.quote(str(d / sub))} {inside}" for inside, sub in BIND_MOUNTS.items()]
         # `sh -e`: if a bind mount fails, libvirtd must not start on the machine's own /etc/libvirt.
         # Every step execs the next, so the PID we get is libvirtd's.
         script = "; ".join(

@@ -23,6 +23,10 @@ from .system import LabError
 
 BOOT_TIMEOUT_S = 120.0  # one TCG guest boots in 7-8 s; four share two cores
 TICK_TIMEOUT_S = 15.0  # guests print a tick every second
+# What files/init.sh prints: its memory pattern's checksum at boot, then again every few seconds.
+BOOT_PATTERN_RE = re.compile(r"^PATTERN sum=([0-9a-f]{32}) boot=(\S+)", re.MULTILINE)
+PATTERN_CHECK_RE = re.compile(r"^pattern sum=([0-9a-f]{32}) boot=(\S+) uptime=([\d.]+)", re.MULTILINE)
+TICK_RE = re.compile(r"^tick uptime=([\d.]+)", re.MULTILINE)
 GUEST_UUID_NAMESPACE = uuid.UUID("6c61622d-6775-6573-7473-000000000000")
 DOMAIN_TEMPLATE = Path(__file__).parent / "files" / "domain.xml"
 
@@ -75,6 +79,11 @@ def image_path(layout: Layout, guest: str, disk: DiskSpec) -> Path:
     ext = "qcow2" if disk.format == "qcow2" else "img"
     base = layout.shared_dir if disk.shared else Path(IMAGES_DIR)
     return base / f"{guest}-{disk.target}.{ext}"
+
+
+def boot_pattern_file(layout: Layout, name: str) -> Path:
+    """The guest's last boot pattern as wait_booted saw it: "<sum> <boot id>"."""
+    return layout.root / "guests" / f"{name}.pattern"
 
 
 def domain_xml(layout: Layout, spec: GuestSpec) -> str:
@@ -196,6 +205,7 @@ class Guests:
             if key == "B":
                 self._remove_local_copies("B", xml)
         self._specs.pop(name, None)
+        boot_pattern_file(self._layout, name).unlink(missing_ok=True)
 
     def where(self, name: str) -> str | None:
         """The host the guest runs on, else the one it is defined on, else None."""
@@ -225,6 +235,7 @@ class Guests:
             if time.monotonic() - start > timeout:
                 raise LabError(f"guest {name} did not boot on host {host} in {timeout:.0f} s: {_log_tail(log_path)}")
             time.sleep(0.2)
+        self._remember_boot_pattern(name, log_path.read_text(errors="replace"))
         return time.monotonic() - start
 
     def wait_tick(self, name: str, host: str, timeout: float = TICK_TIMEOUT_S) -> None:
@@ -238,6 +249,15 @@ class Guests:
         before = ticks()
         if not gateway.wait_for(lambda: ticks() > before, timeout):
             raise LabError(f"guest {name} printed no tick on host {host} in {timeout:.0f} s: {_log_tail(log_path)}")
+
+    def _remember_boot_pattern(self, name: str, log_text: str) -> None:
+        """Keep the boot's PATTERN line beyond the serial log: a QEMU started on
+        a host (a migration back to it, say) empties that host's log."""
+        found = BOOT_PATTERN_RE.findall(log_text)
+        if found:
+            record = boot_pattern_file(self._layout, name)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(" ".join(found[-1]) + "\n")
 
     def _lookup(self, key: str, name: str) -> gateway.DomainStatus | None:
         try:

@@ -35,6 +35,12 @@ def is_up() -> bool:
     return True
 
 
+def link_is_up(key: str) -> bool:
+    """Whether the host's end of the lab veth is up (administratively: faults.cut_link takes it down)."""
+    hd = HOSTS[key]
+    return "UP" in _link_flags(hd.netns, hd.veth).split(",")
+
+
 def ensure(stop_daemons: Callable[[], None]) -> None:
     if is_up():
         return

@@ -20,6 +20,7 @@ PACKAGES = (
     "busybox-static",
     "cpio",
     "iproute2",
+    "e2fsprogs",  # mkfs.ext4, for host B's images filesystem (imagefs.py)
 )
 
 

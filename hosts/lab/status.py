@@ -34,10 +34,11 @@ class LabStatus:
     root: Path
     hosts: dict[str, HostStatus]
     tls_route: bool
+    faults: tuple[str, ...] = ()  # injected by a test and not undone yet (faults.Faults.active)
 
     @property
     def healthy(self) -> bool:
-        return self.tls_route and all(h.healthy for h in self.hosts.values())
+        return self.tls_route and all(h.healthy for h in self.hosts.values()) and not self.faults
 
     @property
     def down(self) -> bool:
@@ -45,7 +46,10 @@ class LabStatus:
 
     def describe(self) -> str:
         verdict = "up" if self.healthy else "down" if self.down else "half up (run `lab up` to repair)"
+        if self.faults and not self.down:
+            verdict = "up with faults injected (`lab up` undoes them)"
         lines = [f"lab at {self.root}: {verdict}"]
+        lines += [f"  fault: {fault}" for fault in self.faults]
         for h in self.hosts.values():
             daemon = "no libvirtd"
             if h.daemon_pid is not None:
