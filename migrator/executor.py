@@ -197,6 +197,14 @@ class Executor:
             sample_interval_s=settings.MIGRATION_SAMPLE_INTERVAL_S,
         )
         outcome = run.run()
+        # The migration is over inside libvirt whatever happens next: its
+        # record must be written even through a database restart.
+        _retrying_database(lambda: self._record_outcome(spec, run, outcome))
+
+    def _record_outcome(
+        self, spec: gateway.MigrationSpec, run: gateway.MigrationRun, outcome: gateway.MigrationOutcome
+    ) -> None:
+        m = self.migration
         applied = {
             **outcome.applied,
             "pin_mode": outcome.pin_mode,
@@ -207,6 +215,8 @@ class Executor:
             applied = {**m.applied_parameters, "resumed_flags": outcome.applied.get("flags")}
         Migration.objects.filter(pk=m.pk).update(applied_parameters=applied)
         m.refresh_from_db()
+        if m.state not in WORKING_STATES:
+            return  # settled meanwhile (a retried write that had gone through)
         if outcome.completed:
             self._settle_success(run, outcome)
             return
@@ -378,11 +388,18 @@ class Executor:
             self._stalled_since = None
         return [f"The migration stalled: {'; '.join(self._stalls)}."] if self._stalls else []
 
-    def _whereabouts(self) -> Whereabouts:
+    def _whereabouts(self, patience_s: float = 0.0) -> Whereabouts:
+        """Both hosts' view; a host that does not answer is asked again for
+        `patience_s` (a daemon that restarts answers within seconds)."""
         m = self.migration
-        return Whereabouts(
-            self._placement(self.src_uri, m.source_name), self._placement(self.dst_uri, m.destination_name)
-        )
+        deadline = time.monotonic() + patience_s
+        while True:
+            where = Whereabouts(
+                self._placement(self.src_uri, m.source_name), self._placement(self.dst_uri, m.destination_name)
+            )
+            if (where.source is not None and where.destination is not None) or time.monotonic() >= deadline:
+                return where
+            time.sleep(1.0)
 
     def _placement(self, uri: str, name: str) -> gateway.Placement | None:
         try:
@@ -433,7 +450,7 @@ class Executor:
         not answer (needs attention), or a failure cleaned up on the destination."""
         m = self.migration
         m.refresh_from_db()
-        where = self._whereabouts()
+        where = self._whereabouts(patience_s=SETTLE_PATIENCE_S)
         src, dst = where.source, where.destination
         postcopy = bool(where.postcopy or m.postcopy_started_at or (outcome and outcome.postcopy_started))
         seen = Circumstances(
@@ -462,6 +479,12 @@ class Executor:
                 ),
             )
             return
+        if postcopy and outcome is not None and outcome.resume_gave_up:
+            notes.append(
+                f"Resuming post-copy moved no data for {gateway.RESUME_PROGRESS_S:.0f} s, so it was given up: "
+                f"{m.destination_name}'s QEMU does not take the recovery (a guest waiting for a page that is still "
+                f"on {m.source_name} can block QEMU's monitor, which software emulation makes likely)."
+            )
         if postcopy:
             m.interrupt(
                 error or "Post-copy did not complete.",
@@ -587,6 +610,30 @@ class Executor:
             if host is not None:
                 with contextlib.suppress(gateway.GatewayError):
                     inventory.refresh_vm(host, m.vm_uuid)
+
+
+DATABASE_RETRY_S = 120.0
+# How long a failed job waits for a host that does not answer before it
+# records "needs attention" (a restarting daemon answers within seconds).
+SETTLE_PATIENCE_S = 8.0
+
+
+def _retrying_database(write, budget_s: float = DATABASE_RETRY_S) -> None:
+    """Run `write` until the database takes it (a restart drops every
+    connection; Django does not reconnect by itself outside a request)."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    while True:
+        try:
+            write()
+            return
+        except DatabaseError:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("the database does not answer; retrying in %.1f s", delay, exc_info=True)
+            connections.close_all()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 # ------------------------------------------------------------ reconciliation

@@ -67,8 +67,8 @@ COMPLETED_ON_DESTINATION = {
 }
 
 
-def copy_storage_migration(**fields):
-    return make_migration(storage_class="local", parameters={"disks": ["vda"]}, **fields)
+def copy_storage_migration(parameters=None, **fields):
+    return make_migration(storage_class="local", parameters={"disks": ["vda"], **(parameters or {})}, **fields)
 
 
 @pytest.mark.django_db
@@ -272,3 +272,26 @@ def test_the_server_says_nothing_while_pre_copy_converges():
     migration.progress(_hot(16_000, 0, 256))
     migration.finish({"time_elapsed": 16_000})
     assert convergence_warning(migration) == ""
+
+
+@pytest.mark.django_db
+def test_the_not_converging_warning_comes_with_the_action_the_planner_recommends():
+    from migrator.live import convergence_advice
+
+    migration = copy_storage_migration()
+    migration.claim(1, "worker")
+    for i in range(6):  # 16 MiB/s dirtied, 8 MiB/s sent: no cap to raise, post-copy not allowed
+        migration.progress(_hot(10_000 + 1000 * i, 100 * MIB, 4096))
+    advice = convergence_advice(migration)
+    assert advice["kind"] in ("max_downtime", "force_complete"), advice
+    assert advice["label"] and advice["why"]
+
+    allowed = copy_storage_migration(
+        vm_uuid="22222222-2222-2222-2222-222222222222", parameters={"allow_postcopy": True}
+    )
+    allowed.claim(1, "worker")
+    for i in range(6):
+        allowed.progress(_hot(10_000 + 1000 * i, 100 * MIB, 4096))
+    assert convergence_advice(allowed)["kind"] in ("postcopy", "max_downtime")
+    allowed.finish({"time_elapsed": 16_000})
+    assert convergence_advice(allowed) is None

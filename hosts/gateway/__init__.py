@@ -82,6 +82,7 @@ from .facts import (
     warm,
 )
 from .migration import (
+    RESUME_PROGRESS_S,
     JobAction,
     MigrationOutcome,
     MigrationRun,
@@ -104,6 +105,7 @@ from .storage import PathInfo, create_volume, delete_volume, ensure_dir_pool, pa
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 __all__ = [
+    "RESUME_PROGRESS_S",
     "DEFAULT_CALL_TIMEOUT_S",
     "DEFAULT_CONNECT_TIMEOUT_S",
     "ERROR_HINTS",

@@ -157,6 +157,8 @@ class MigrationOutcome:
     # The dashboard's own connection to the source died with the job: the
     # source daemon stopped (or restarted), not the link between the hosts.
     source_connection_lost: bool = False
+    # Resuming post-copy moved no data and was given up (see MigrationRun).
+    resume_gave_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,8 @@ class JobAction:
 
 SETUP_POLL_S = 0.05
 ABORT_RETRY_S = 0.5
+RESUME_PROGRESS_S = 45.0
+RESUME_ABORT_WAIT_S = 15.0
 
 
 class MigrationRun:
@@ -220,6 +224,8 @@ class MigrationRun:
         self._done = threading.Event()
         self._monitor_error: BaseException | None = None
         self._last_abort_try = 0.0
+        self.resume_progress_s = RESUME_PROGRESS_S
+        self.resume_gave_up = False
 
     def run(self) -> MigrationOutcome:
         spec = self.spec
@@ -234,7 +240,10 @@ class MigrationRun:
             self.applied.update({"flags": spec.flags(), "params": _jsonable(spec.params()), "dconnuri": spec.dconnuri})
             started = time.monotonic()
             try:
-                dom.migrateToURI3(spec.dconnuri, spec.params(), spec.flags())
+                if spec.postcopy_resume:
+                    self._resume_within_progress(dom)
+                else:
+                    dom.migrateToURI3(spec.dconnuri, spec.params(), spec.flags())
             except libvirt.libvirtError as exc:
                 error = GatewayError.from_libvirt(exc, self.source_uri)
                 self._finish_monitor(monitor)
@@ -250,6 +259,7 @@ class MigrationRun:
                     pin_mode,
                     postcopy_started=self.postcopy_started,
                     source_connection_lost=lost,
+                    resume_gave_up=self.resume_gave_up,
                 )
             wall_ms = int((time.monotonic() - started) * 1000)
             self._finish_monitor(monitor)
@@ -270,6 +280,43 @@ class MigrationRun:
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 migrating.close()
+
+    def _resume_within_progress(self, dom: libvirt.virDomain) -> None:
+        """migrateToURI3 with POSTCOPY_RESUME, given up when no data moves for
+        `resume_progress_s`: a destination QEMU that waits for a page still on
+        the source can block its own monitor, and libvirt's call then never
+        returns. Giving up interrupts the resumed job (ABORT_JOB_POSTCOPY),
+        which leaves post-copy paused, as it was."""
+        spec, outcome = self.spec, {}
+
+        def call() -> None:
+            try:
+                dom.migrateToURI3(spec.dconnuri, spec.params(), spec.flags())
+            except libvirt.libvirtError as exc:
+                outcome["error"] = exc
+
+        caller = threading.Thread(target=call, name="postcopy-resume", daemon=True)
+        caller.start()
+        progress, moved_at = -1, time.monotonic()
+        while caller.is_alive():
+            caller.join(0.5)
+            processed = int(self.last_stats.get("data_processed") or 0)
+            if processed > progress:
+                progress, moved_at = processed, time.monotonic()
+            elif time.monotonic() - moved_at > self.resume_progress_s:
+                self.resume_gave_up = True
+                with contextlib.suppress(GatewayError, libvirt.libvirtError):
+                    abort_job(self.source_uri, self.uuid, postcopy=True)
+                caller.join(RESUME_ABORT_WAIT_S)
+                if caller.is_alive():
+                    raise libvirt.libvirtError(
+                        f"resuming post-copy moved no data in {self.resume_progress_s:.0f} s and did not stop"
+                    )
+                break
+        if "error" in outcome:
+            raise outcome["error"]
+        if self.resume_gave_up:
+            raise libvirt.libvirtError(f"resuming post-copy moved no data in {self.resume_progress_s:.0f} s")
 
     def _finish_monitor(self, monitor: threading.Thread) -> None:
         self._done.set()
@@ -508,11 +555,16 @@ def active_job(uri: str, uuid: str) -> dict[str, Any]:
             raise
 
 
-def abort_job(uri: str, uuid: str) -> None:
-    """Abort the VM's job from a fresh connection (see MigrationRun)."""
+def abort_job(uri: str, uuid: str, *, postcopy: bool = False) -> None:
+    """Abort the VM's job from a fresh connection (see MigrationRun). With
+    `postcopy`, interrupt a post-copy job instead (it stays paused, resumable)."""
     conn = open_connection(uri)
     try:
-        conn.lookupByUUIDString(uuid).abortJob()
+        dom = conn.lookupByUUIDString(uuid)
+        if postcopy:
+            dom.abortJobFlags(libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY)
+        else:
+            dom.abortJob()
     except libvirt.libvirtError as exc:
         if exc.get_error_code() not in (ErrorCode.OPERATION_INVALID, ErrorCode.NO_DOMAIN):
             raise GatewayError.from_libvirt(exc, uri) from exc
