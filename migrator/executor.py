@@ -437,6 +437,36 @@ class Executor:
         )
         return True
 
+    def _wait_for_answer(self, uri: str, name: str, patience_s: float) -> gateway.Placement | None:
+        """Ask a host that does not answer again, every few seconds, for `patience_s`."""
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            time.sleep(2.0)
+            where = self._placement(uri, name)
+            if where is not None:
+                return where
+        return None
+
+    def _delete_created_images(self) -> list[str]:
+        """The images this migration created on the destination: the ones
+        this run made, or (settled later, by another process) the ones its
+        timeline says it made and no VM there uses."""
+        m = self.migration
+        paths = list(self.created_images)
+        if not paths and self.parameters.create_images:
+            made = m.events.filter(state="image").values_list("message", flat=True)
+            paths = [
+                d["source"] for d in self._disk_plan() if any(t.startswith(f"Created {d['source']} ") for t in made)
+            ]
+        notes = []
+        for path in paths:
+            info = self._safe(lambda p=path: gateway.path_info(self.dst_uri, p))
+            if info is None or not info.exists or info.used_by:
+                continue
+            if self._safe(lambda p=path: gateway.delete_volume(self.dst_uri, p) or True):
+                notes.append(f"Deleted {path} created on {m.destination_name}.")
+        return notes
+
     def _settle_failure(
         self,
         error: gateway.GatewayError | None,
@@ -510,20 +540,40 @@ class Executor:
                 ),
             )
             return
-        if dst is not None and dst.state is not None and not dst.running:
-            if self._safe(lambda: gateway.destroy_leftover(self.dst_uri, m.vm_uuid)):
-                notes.append(f"Removed the paused copy left on {m.destination_name}.")
-        elif dst is None:
-            notes.append(f"{m.destination_name} did not answer: a paused incoming copy may be left there.")
-        for path in self.created_images:
-            if self._safe(lambda p=path: gateway.delete_volume(self.dst_uri, p) or True):
-                notes.append(f"Deleted {path} created on {m.destination_name}.")
         if src.state == "paused":
             # A suspend (the timeout's or a force complete) that then failed
             # must not leave the guest paused; never after a post-copy switch.
             self._safe(lambda: gateway.resume_vm(self.src_uri, m.vm_uuid))
             src = self._placement(self.src_uri, m.source_name) or src
         if src.running:
+            # The VM runs on the source: any copy on the destination is stale,
+            # and its libvirt may still start it (a Finish it received before
+            # the failure), so it goes whatever its state, once it can be reached.
+            if dst is None:
+                dst = self._wait_for_answer(self.dst_uri, m.destination_name, DESTINATION_WATCH_S)
+                if dst is not None:
+                    # Back from a hang, its libvirt first works off what it had
+                    # received (a late Finish defines and starts the copy).
+                    time.sleep(LATE_FINISH_S)
+                    dst = self._placement(self.dst_uri, m.destination_name) or dst
+            if dst is None:
+                m.need_attention(
+                    error or f"{m.destination_name} does not answer.",
+                    " ".join(
+                        [
+                            *notes,
+                            f"The VM runs on {m.source_name}. {m.destination_name} does not answer: its incoming "
+                            "copy may still be there, and its libvirt could still start it. The dashboard removes "
+                            f"that copy as soon as {m.destination_name} answers.",
+                        ]
+                    ),
+                    vm_location=m.source_name,
+                )
+                return
+            if dst.state is not None and self._safe(lambda: gateway.remove_stale_copy(self.dst_uri, m.vm_uuid)):
+                late = " (its libvirt had started it after the migration failed)" if dst.running else ""
+                notes.append(f"Removed the {dst.state} copy left on {m.destination_name}{late}.")
+            notes.extend(self._delete_created_images())
             notes.append(f"The VM is still running on {m.source_name}.")
             location = m.source_name
         elif dst is not None and dst.running:
@@ -616,6 +666,10 @@ DATABASE_RETRY_S = 120.0
 # How long a failed job waits for a host that does not answer before it
 # records "needs attention" (a restarting daemon answers within seconds).
 SETTLE_PATIENCE_S = 8.0
+# How long a failed job keeps asking a destination that does not answer
+# before it leaves the record "needs attention" to the maintenance pass.
+DESTINATION_WATCH_S = 120.0
+LATE_FINISH_S = 5.0
 
 
 def _retrying_database(write, budget_s: float = DATABASE_RETRY_S) -> None:

@@ -263,6 +263,11 @@ class Migration(AppendOnlyModel):
             final_stats=stats,
             outcome_note=note,
             vm_location=self.destination_name,
+            # An interruption it came through stays in the timeline and the note.
+            error_message="",
+            error_code=None,
+            error_domain=None,
+            error_details={},
             **fields,
         )
         if won:
@@ -304,7 +309,7 @@ class Migration(AppendOnlyModel):
             self.log("interrupted", f"{details.get('message', error)} {note}".strip())
         return won
 
-    def need_attention(self, error: Any, note: str) -> bool:
+    def need_attention(self, error: Any, note: str, vm_location: str = "unknown") -> bool:
         """Where the VM runs cannot be known now (a host does not answer)."""
         details = error.as_dict() if hasattr(error, "as_dict") else {"message": str(error)}
         won = self._transition(
@@ -314,7 +319,7 @@ class Migration(AppendOnlyModel):
             error_code=details.get("code"),
             error_domain=details.get("domain"),
             error_details=details,
-            vm_location="unknown",
+            vm_location=vm_location,
             outcome_note=note,
         )
         if won:

@@ -36,6 +36,7 @@ class Hosts:
         monkeypatch.setattr(gateway, "path_info", self.path_info)
         monkeypatch.setattr(gateway, "delete_volume", self.delete_volume)
         monkeypatch.setattr(gateway, "destroy_leftover", self.destroy_leftover)
+        monkeypatch.setattr(gateway, "remove_stale_copy", self.destroy_leftover)
         monkeypatch.setattr(gateway, "resume_vm", self.resume_vm)
         monkeypatch.setattr(gateway, "placement", self.placement)
         monkeypatch.setattr(gateway, "completed_job_stats", self.completed_job_stats)
@@ -76,6 +77,14 @@ class Hosts:
     def resume_vm(self, uri, uuid):
         self.resumed.append(uri)
         self.states[uri] = "running"
+
+
+@pytest.fixture(autouse=True)
+def impatient(monkeypatch):
+    """A host that does not answer is not asked again (the lab tests wait)."""
+    monkeypatch.setattr("migrator.executor.SETTLE_PATIENCE_S", 0.0)
+    monkeypatch.setattr("migrator.executor.DESTINATION_WATCH_S", 0.0)
+    monkeypatch.setattr("migrator.executor.LATE_FINISH_S", 0.0)
 
 
 def executor(**parameters) -> Executor:
@@ -244,7 +253,9 @@ def test_a_failure_names_what_happened_in_plain_words(monkeypatch, message, unre
     run._settle_failure(gateway.GatewayError(message, code=1), outcome=outcome)
     m = run.migration
     m.refresh_from_db()
-    assert m.state == MigrationState.FAILED
+    # A destination that does not answer may still start its copy: attention until it answers.
+    assert m.state == (MigrationState.ATTENTION if unreachable else MigrationState.FAILED)
+    assert m.vm_location == "a"
     assert m.error_message.startswith(expected), m.error_message
     assert m.error_details["libvirt_message"] == message
     assert "libvirtd log" not in m.error_message
@@ -304,3 +315,26 @@ def test_a_queued_record_whose_job_is_gone_is_queued_again_then_failed(monkeypat
     m = Migration.objects.get(pk=m.pk)
     assert m.state == MigrationState.FAILED and "lost 1 times" in m.error_message
     assert m.vm_location == "a"
+
+
+def test_a_copy_the_destination_started_after_the_failure_is_removed_once_it_answers(monkeypatch):
+    """libvirt on a hung destination can process a late Finish when it wakes
+    and start its copy while the source, which gave up, runs the VM too."""
+    run = executor()
+    run.created_images.append(VDA)
+    hosts = Hosts(monkeypatch, {"qemu:///a": "running", "qemu:///b": "running"}, unreachable=("qemu:///b",))
+    run._settle_failure(gateway.GatewayError("internal error: connection closed due to keepalive timeout"))
+    m = run.migration
+    m.refresh_from_db()
+    assert m.state == MigrationState.ATTENTION and m.vm_location == "a"
+    assert "removes that copy as soon as b answers" in m.outcome_note
+    assert hosts.destroyed == []
+
+    hosts.unreachable = ()
+    Executor(m).recheck()
+    m.refresh_from_db()
+    assert m.state == MigrationState.FAILED and m.vm_location == "a"
+    assert hosts.destroyed == ["qemu:///b"]
+    assert (
+        "Removed the running copy left on b (its libvirt had started it after the migration failed)" in m.outcome_note
+    )

@@ -178,6 +178,29 @@ def resume_vm(uri: str, uuid: str) -> None:
     call(uri, resume, UNBOUNDED)
 
 
+def remove_stale_copy(uri: str, uuid: str) -> bool:
+    """Destroy and undefine the VM's copy on a destination, whatever its
+    state: for a failed migration whose VM runs on the source, where the
+    destination's libvirt may still start its incoming copy late (a Finish
+    it received before the link or the daemon failed). True when one was there."""
+
+    def remove(conn: libvirt.virConnect) -> bool:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+                return False
+            raise
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefine()
+        return True
+
+    return call(uri, remove, UNBOUNDED)
+
+
 def destroy_leftover(uri: str, uuid: str) -> bool:
     """Remove a paused incoming copy left on a destination by a failed
     migration. Returns True when one was removed. A running VM is never touched."""
