@@ -144,6 +144,18 @@ SETTLE_STATES = {
 }
 
 
+def worker_holds(migration: Migration) -> bool:
+    """A worker holds the record: it is running or cancelling and its lease is fresh."""
+    lease = migration.heartbeat_at
+    fresh = lease is not None and (timezone.now() - lease).total_seconds() < settings.MIGRATION_LEASE_S
+    return migration.state in WORKING_STATES and fresh
+
+
+def can_settle(migration: Migration) -> bool:
+    """Whether a superuser may settle it by hand now: not settled, no worker holding it."""
+    return migration.state not in FINAL_STATES and not worker_holds(migration)
+
+
 def settle_by_hand(migration: Migration, state: str, vm_location: str, reason: str, who: Requester) -> None:
     migration.refresh_from_db()
     if not getattr(who.user, "is_superuser", False):
@@ -153,8 +165,7 @@ def settle_by_hand(migration: Migration, state: str, vm_location: str, reason: s
     if state not in SETTLE_STATES:
         raise ActionRefused("Settle it as succeeded, failed or cancelled.")
     lease = migration.heartbeat_at
-    lease_alive = lease is not None and (timezone.now() - lease).total_seconds() < settings.MIGRATION_LEASE_S
-    if migration.state in WORKING_STATES and lease_alive:
+    if worker_holds(migration):
         raise ActionRefused(
             f"A worker still holds migration #{migration.pk} (its lease was renewed at {lease:%H:%M:%S}); "
             "cancel it instead, or wait for the lease to run out."

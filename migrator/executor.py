@@ -23,12 +23,10 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import django_rq
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.models import Q
 from django.utils import timezone
-from redis.exceptions import RedisError
 
 from hosts import gateway, inventory
 from hosts.connection import connect_uri
@@ -711,44 +709,11 @@ def take_over(m: Migration) -> bool:
     return won
 
 
-def requeue_lost_jobs() -> list[Migration]:
-    """Queued records whose RQ job is gone (Redis lost it, or it failed
-    before claiming the record): queue them again, a few times, then fail
-    them; the VM was never touched."""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
-    from .jobs import QUEUE, enqueue_migration
-
-    cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_LEASE_S)
-    requeued = []
-    redis = django_rq.get_connection(QUEUE)
-    for m in Migration.objects.filter(state=MigrationState.QUEUED, created_at__lt=cutoff):
-        try:
-            status = Job.fetch(m.rq_job_id, connection=redis).get_status() if m.rq_job_id else None
-        except NoSuchJobError:
-            status = None
-        if status in ("queued", "started", "deferred", "scheduled"):
-            continue
-        tries = m.events.filter(state="requeued").count()
-        if tries >= settings.MIGRATION_REQUEUE_LIMIT:
-            m.fail(
-                f"The migration's job was lost {tries} times before it could start.",
-                vm_location=m.source_name,
-                note="Nothing was changed; the VM keeps running on the source. Check the workers and Redis.",
-            )
-            continue
-        m.log("requeued", f"The job was {'lost' if status is None else status}; queued again.")
-        enqueue_migration(m.pk)
-        requeued.append(m)
-    return requeued
-
-
 def reconcile(wait_s: float = 600) -> list[Migration]:
     """Settle records whose worker stopped: a running record whose lease ran
     out (killing the client does not stop a peer-to-peer migration: the job
     goes on inside the source libvirtd), an interrupted or needs-attention
-    record the hosts can now settle, a queued record whose job is gone."""
+    record the hosts can now settle."""
     settled = []
     for m in Migration.objects.filter(_lease_expired(), state__in=WORKING_STATES):
         if take_over(m):
@@ -759,8 +724,4 @@ def reconcile(wait_s: float = 600) -> list[Migration]:
         m.refresh_from_db()
         if m.state not in (MigrationState.INTERRUPTED, MigrationState.ATTENTION):
             settled.append(m)
-    try:
-        requeue_lost_jobs()
-    except RedisError:
-        log.warning("Redis does not answer: lost jobs are queued again next round")
     return settled

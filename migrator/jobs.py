@@ -4,19 +4,27 @@ take primary keys."""
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from typing import Any
 
 import django_rq
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 
 from hosts import inventory
 from hosts.models import Host, VirtualMachine
 
 from .executor import Executor, reconcile
-from .models import Migration
+from .models import Migration, MigrationState
 from .parameters import MigrationParameters
 
 QUEUE = "default"
+log = logging.getLogger(__name__)
 
 
 def queue_migration(
@@ -82,6 +90,39 @@ def refresh_host_inventory(host_id: int) -> None:
 
 
 def maintenance() -> None:
-    """Periodic: settle migrations whose worker died, then re-read every host."""
+    """Periodic: settle migrations whose worker died, queue again those whose
+    job vanished, then re-read every host."""
     reconcile()
+    try:
+        requeue_lost_jobs()
+    except RedisError:
+        log.warning("Redis does not answer: lost jobs are queued again next round")
     inventory.refresh_all()
+
+
+def requeue_lost_jobs() -> list[Migration]:
+    """Queued records whose RQ job is gone (Redis lost it, or it failed
+    before claiming the record): queue them again, a few times, then fail
+    them; the VM was never touched."""
+    cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_LEASE_S)
+    requeued = []
+    redis = django_rq.get_connection(QUEUE)
+    for m in Migration.objects.filter(state=MigrationState.QUEUED, created_at__lt=cutoff):
+        try:
+            status = Job.fetch(m.rq_job_id, connection=redis).get_status() if m.rq_job_id else None
+        except NoSuchJobError:
+            status = None
+        if status in ("queued", "started", "deferred", "scheduled"):
+            continue
+        tries = m.events.filter(state="requeued").count()
+        if tries >= settings.MIGRATION_REQUEUE_LIMIT:
+            m.fail(
+                f"The migration's job was lost {tries} times before it could start.",
+                vm_location=m.source_name,
+                note="Nothing was changed; the VM keeps running on the source. Check the workers and Redis.",
+            )
+            continue
+        m.log("requeued", f"The job was {'lost' if status is None else status}; queued again.")
+        enqueue_migration(m.pk)
+        requeued.append(m)
+    return requeued

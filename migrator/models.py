@@ -274,57 +274,38 @@ class Migration(AppendOnlyModel):
             self.log("succeeded", note or "Migration completed.")
         return won
 
-    def fail(self, error: Any, *, vm_location: str, note: str = "") -> bool:
+    def _fail_as(self, allowed: tuple[str, ...], state: str, error: Any, vm_location: str, note: str, **more) -> bool:
+        """A transition that records an error: its plain message, libvirt's code and details."""
         details = error.as_dict() if hasattr(error, "as_dict") else {"message": str(error)}
+        message = details.get("message", str(error))
         won = self._transition(
-            ACTIVE_STATES,
-            state=MigrationState.FAILED,
-            finished_at=timezone.now(),
-            error_message=details.get("message", str(error)),
+            allowed,
+            state=state,
+            error_message=message,
             error_code=details.get("code"),
             error_domain=details.get("domain"),
             error_details=details,
             vm_location=vm_location,
             outcome_note=note,
+            **more,
         )
         if won:
-            self.log("failed", f"{details.get('message', error)} {note}".strip())
+            self.log(state, f"{message} {note}".strip())
         return won
+
+    def fail(self, error: Any, *, vm_location: str, note: str = "") -> bool:
+        return self._fail_as(ACTIVE_STATES, MigrationState.FAILED, error, vm_location, note, finished_at=timezone.now())
 
     def interrupt(self, error: Any, note: str) -> bool:
         """Post-copy lost its link: nothing may be destroyed or resumed; the
         operator resumes post-copy once the hosts see each other again."""
-        details = error.as_dict() if hasattr(error, "as_dict") else {"message": str(error)}
-        won = self._transition(
-            ACTIVE_STATES,
-            state=MigrationState.INTERRUPTED,
-            error_message=details.get("message", str(error)),
-            error_code=details.get("code"),
-            error_domain=details.get("domain"),
-            error_details=details,
-            vm_location=f"split between {self.source_name} and {self.destination_name}",
-            outcome_note=note,
-        )
-        if won:
-            self.log("interrupted", f"{details.get('message', error)} {note}".strip())
-        return won
+        split = f"split between {self.source_name} and {self.destination_name}"
+        return self._fail_as(ACTIVE_STATES, MigrationState.INTERRUPTED, error, split, note)
 
     def need_attention(self, error: Any, note: str, vm_location: str = "unknown") -> bool:
         """Where the VM runs cannot be known now (a host does not answer)."""
-        details = error.as_dict() if hasattr(error, "as_dict") else {"message": str(error)}
-        won = self._transition(
-            (MigrationState.RUNNING, MigrationState.CANCELLING, MigrationState.ATTENTION),
-            state=MigrationState.ATTENTION,
-            error_message=details.get("message", str(error)),
-            error_code=details.get("code"),
-            error_domain=details.get("domain"),
-            error_details=details,
-            vm_location=vm_location,
-            outcome_note=note,
-        )
-        if won:
-            self.log("attention", f"{details.get('message', error)} {note}".strip())
-        return won
+        allowed = (MigrationState.RUNNING, MigrationState.CANCELLING, MigrationState.ATTENTION)
+        return self._fail_as(allowed, MigrationState.ATTENTION, error, vm_location, note)
 
     def settle_by_hand(self, state: str, *, vm_location: str, reason: str, user) -> bool:
         """A superuser's verdict on a record the dashboard cannot settle."""

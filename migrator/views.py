@@ -54,7 +54,7 @@ def migration_detail(request, pk: int):
             "allows_postcopy": actions.allows_postcopy(migration),
             "action_kinds": [str(kind) for kind in actions.available_actions(migration)],
             "settle_form": SettleForm(initial={"vm_location": migration.vm_location})
-            if request.user.is_superuser and not migration.in_flight
+            if request.user.is_superuser and actions.can_settle(migration)
             else None,
         },
     )

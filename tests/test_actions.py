@@ -234,3 +234,11 @@ def test_the_monitor_applies_the_operators_actions_once(monkeypatch):
     assert ("suspend",) in dom.calls
     assert done[0] == (1, True, "Bandwidth limit set to 64 MiB/s.")
     assert done[2][0] == 3 and done[2][1]
+
+
+def test_the_settle_form_is_offered_only_for_a_record_no_worker_holds(login):
+    client = login("admin")
+    held = running()
+    assert 'id="settle"' not in client.get(held.get_absolute_url()).content.decode(), "its lease is fresh"
+    held.finish({"time_elapsed": 1000})
+    assert 'id="settle"' not in client.get(held.get_absolute_url()).content.decode(), "already settled"

@@ -303,15 +303,15 @@ def test_a_queued_record_whose_job_is_gone_is_queued_again_then_failed(monkeypat
 
     from django.utils import timezone
 
-    from migrator import executor as executor_module
+    from migrator import jobs
     from migrator.models import Migration
 
     settings.MIGRATION_REQUEUE_LIMIT = 1
     enqueued = []
     monkeypatch.setattr("migrator.jobs.enqueue_migration", enqueued.append)
     m = make_migration(created_at=timezone.now() - timedelta(minutes=5), rq_job_id="gone-for-good")
-    assert [r.pk for r in executor_module.requeue_lost_jobs()] == [m.pk] and enqueued == [m.pk]
-    executor_module.requeue_lost_jobs()
+    assert [r.pk for r in jobs.requeue_lost_jobs()] == [m.pk] and enqueued == [m.pk]
+    jobs.requeue_lost_jobs()
     m = Migration.objects.get(pk=m.pk)
     assert m.state == MigrationState.FAILED and "lost 1 times" in m.error_message
     assert m.vm_location == "a"

@@ -178,6 +178,16 @@ def resume_vm(uri: str, uuid: str) -> None:
     call(uri, resume, UNBOUNDED)
 
 
+def lookup_or_none(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
+    """The domain with this UUID, or None when the host has none."""
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == ErrorCode.NO_DOMAIN:
+            return None
+        raise
+
+
 def remove_stale_copy(uri: str, uuid: str) -> bool:
     """Destroy and undefine the VM's copy on a destination, whatever its
     state: for a failed migration whose VM runs on the source, where the
@@ -185,12 +195,9 @@ def remove_stale_copy(uri: str, uuid: str) -> bool:
     it received before the link or the daemon failed). True when one was there."""
 
     def remove(conn: libvirt.virConnect) -> bool:
-        try:
-            dom = conn.lookupByUUIDString(uuid)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
-                return False
-            raise
+        dom = lookup_or_none(conn, uuid)
+        if dom is None:
+            return False
         if dom.isActive():
             dom.destroy()
         if dom.isPersistent():
@@ -206,12 +213,9 @@ def destroy_leftover(uri: str, uuid: str) -> bool:
     migration. Returns True when one was removed. A running VM is never touched."""
 
     def destroy(conn: libvirt.virConnect) -> bool:
-        try:
-            dom = conn.lookupByUUIDString(uuid)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
-                return False
-            raise
+        dom = lookup_or_none(conn, uuid)
+        if dom is None:
+            return False
         state, _ = dom.state()
         if state == DomainState.RUNNING:
             return False

@@ -19,6 +19,7 @@ import libvirt
 
 from .connections import connection, open_connection
 from .constants import STATE_NAMES, DomainState, ErrorCode, JobType, MigrateFlag, MigrateParam
+from .domains import lookup_or_none
 from .errors import GatewayError
 
 
@@ -626,12 +627,9 @@ def forget_inactive_copy(uri: str, uuid: str) -> bool:
     undone when a migration ends outside its call). A VM that runs or is
     paused there is never touched. True when one was removed."""
     with connection(uri) as conn:
-        try:
-            dom = conn.lookupByUUIDString(uuid)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == ErrorCode.NO_DOMAIN:
-                return False
-            raise
+        dom = lookup_or_none(conn, uuid)
+        if dom is None:
+            return False
         if dom.isActive() or not dom.isPersistent():
             return False
         dom.undefine()
