@@ -272,6 +272,10 @@ class Executor:
             applied_at=timezone.now(), ok=ok, result=message, elapsed_ms=elapsed
         )
         m.log("action" if ok else "action refused", f"{row.label} (asked by {row.requested_by_username}): {message}")
+        if ok and action.kind == "postcopy":
+            # libvirt switched: from here on the destination runs the VM,
+            # whether or not a reading catches the source paused for it.
+            m.mark_postcopy()
         m.announce()
 
     # ------------------------------------------------------------ images

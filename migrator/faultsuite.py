@@ -41,6 +41,7 @@ SETTLE_TIMEOUT_S = 150.0
 LONG_CUT_S = 40.0
 SHORT_CUT_S = 3.0
 HUNG_S = 45.0
+RESTART_AFTER_S = 10.0
 
 
 class FaultSuiteError(Exception):
@@ -190,8 +191,11 @@ def _postcopy_cut(at: Attempt) -> None:
 def _daemon_killed(at: Attempt) -> None:
     at.copying()
     at.lab.fault.kill_daemon("B")
-    at.job_ended()
+    # Started again a little later, as systemd would: the job, which keeps
+    # asking B, then removes what B still has of the VM.
+    time.sleep(RESTART_AFTER_S)
     at.lab.fault.start_daemon("B")
+    at.job_ended()
 
 
 def _daemon_hung(at: Attempt) -> None:
