@@ -2,8 +2,9 @@
 fault on the lab, each asserting that the VM runs exactly once, the guest
 kept running with its memory intact, nothing paused is left, and the record
 is true. They run once, on PostgreSQL (scripts/test.sh deselects them on
-SQLite): what they prove does not depend on the database, except the
-PostgreSQL restart, which only PostgreSQL has."""
+SQLite), like the lab's own fault tests (tests/test_lab_faults.py): what
+they prove does not depend on the database, except the PostgreSQL restart,
+which only PostgreSQL has."""
 
 from __future__ import annotations
 

@@ -83,6 +83,7 @@ def write_bytes(path: Path, n_bytes: int) -> None:
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_cut_link_makes_b_unreachable_from_a_until_restored(lab, fault):
     assert fault.link_works("A")
 
@@ -98,6 +99,7 @@ def test_a_cut_link_makes_b_unreachable_from_a_until_restored(lab, fault):
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_slowed_link_sends_at_its_rate_until_cleared(lab, fault):
     with fault.link_slowed("A"):
         fault.slow_link("A")
@@ -111,6 +113,7 @@ def test_a_slowed_link_sends_at_its_rate_until_cleared(lab, fault):
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_reset_connections_aborts_the_hosts_connections_to_the_other(lab, fault):
     receiver = subprocess.Popen(
         ["ip", "netns", "exec", HOSTS["B"].netns, sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True
@@ -137,6 +140,7 @@ def test_reset_connections_aborts_the_hosts_connections_to_the_other(lab, fault)
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_hung_daemon_accepts_and_never_answers_until_continued(lab, fault):
     with fault.daemon_hung("B"):
         fault.hang_daemon("B")
@@ -152,6 +156,7 @@ def test_a_hung_daemon_accepts_and_never_answers_until_continued(lab, fault):
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_killed_daemon_is_gone_until_healed(lab, fault):
     old_pid = lab.status().hosts["B"].daemon_pid
 
@@ -168,6 +173,7 @@ def test_a_killed_daemon_is_gone_until_healed(lab, fault):
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_restarted_daemon_is_a_new_one_that_answers(lab, fault):
     old_pid = lab.status().hosts["B"].daemon_pid
 
@@ -179,6 +185,7 @@ def test_a_restarted_daemon_is_a_new_one_that_answers(lab, fault):
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_filled_disk_refuses_writes_beyond_what_it_leaves(lab, fault):
     # Written where B's QEMUs write: through its daemon's mount namespace.
     probe = fault.images_dir("B") / "fault-probe"
@@ -198,6 +205,7 @@ def test_a_filled_disk_refuses_writes_beyond_what_it_leaves(lab, fault):
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_filled_disk_fails_a_disk_copy_with_enospc_and_the_guest_stays(lab, fault):
     name, disk = "fault-disk", DiskSpec("vda", size_mib=32)
     dest = str(lab.image_path(name, disk))
@@ -229,6 +237,7 @@ def test_a_filled_disk_fails_a_disk_copy_with_enospc_and_the_guest_stays(lab, fa
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_heal_undoes_every_fault_at_once(lab, fault):
     fault.cut_link("A")
     fault.slow_link("B")
@@ -248,6 +257,7 @@ def test_heal_undoes_every_fault_at_once(lab, fault):
 
 
 @pytest.mark.lab
+@pytest.mark.faults
 def test_a_freshly_booted_guest_runs_once_ticks_and_keeps_its_pattern(lab, guest):
     guest("idle")
 
