@@ -32,7 +32,7 @@ def test_an_operator_changes_the_bandwidth_then_switches_to_post_copy(
     bandwidth.clear()
     bandwidth.send_keys("4")  # slow enough to act on
     allow = browser.find_element(By.NAME, "allow_postcopy")
-    caveat = allow.find_element(By.XPATH, "./ancestor::div[contains(@class, \"form-group\")]").text
+    caveat = allow.find_element(By.XPATH, './ancestor::div[contains(@class, "form-group")]').text
     assert "a network break splits its memory between the hosts" in caveat, caveat
     browser.execute_script("arguments[0].click()", allow)
     browser.find_element(By.CSS_SELECTOR, "button[name=review]").click()
