@@ -476,6 +476,7 @@ class Executor:
         cancelled: bool = False,
         note: str = "",
         outcome: gateway.MigrationOutcome | None = None,
+        watch_s: float | None = None,
     ) -> None:
         """Find where the VM is and record it truthfully: a success libvirt
         confirms, an interrupted post-copy (touch nothing), a host that does
@@ -552,7 +553,8 @@ class Executor:
             # and its libvirt may still start it (a Finish it received before
             # the failure), so it goes whatever its state, once it can be reached.
             if dst is None:
-                dst = self._wait_for_answer(self.dst_uri, m.destination_name, DESTINATION_WATCH_S)
+                patience = DESTINATION_WATCH_S if watch_s is None else watch_s
+                dst = self._wait_for_answer(self.dst_uri, m.destination_name, patience)
                 if dst is not None:
                     # Back from a hang, its libvirt first works off what it had
                     # received (a late Finish defines and starts the copy).
@@ -645,7 +647,8 @@ class Executor:
             if where.postcopy:
                 m.interrupt(m.error_message or "Post-copy did not complete.", m.outcome_note)
             else:
-                self._settle_failure(ExplainedFailure(m.error_message or "The migration did not complete."))
+                # The maintenance pass asks once per round; the job itself waited already.
+                self._settle_failure(ExplainedFailure(m.error_message or "The migration did not complete."), watch_s=0)
             m.refresh_from_db()
             self._refresh_inventory()
 

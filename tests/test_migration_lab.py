@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import IntegrityError, connection
 from django.urls import reverse
+from django.utils import timezone
 from rq import SimpleWorker
 
 from hosts import gateway, inventory
@@ -230,12 +232,15 @@ def test_it_reconciles_a_migration_whose_worker_was_killed(lab, lab_hosts, guest
         f"gateway.MigrationRun({connect_uri(a)!r}, {migration.vm_uuid!r}, spec).run()"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd())
+    # The doomed worker's lease: renewed once, now, and never again.
     Migration.objects.filter(pk=migration.pk).update(
-        state=MigrationState.RUNNING, worker_pid=child.pid, worker_host=os.uname().nodename
+        state=MigrationState.RUNNING, worker_pid=child.pid, worker_host=os.uname().nodename, heartbeat_at=timezone.now()
     )
     assert gateway.wait_for(lambda: bool(gateway.active_job(connect_uri(a), migration.vm_uuid)), 30)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
+    assert reconcile(wait_s=120) == [], "its lease has not run out yet"
+    Migration.objects.filter(pk=migration.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=31))
     settled = reconcile(wait_s=120)
     migration.refresh_from_db()
     print(report(migration))
