@@ -16,6 +16,7 @@ from hosts import gateway
 from hosts.gateway import ErrorCode
 
 # Substrings of libvirt/QEMU messages, lower-cased.
+TLS = ("tls", "certificate", "handshake", "x509", "gnutls")
 NO_SPACE = ("no space left on device", "enospc", "not enough space", "disk quota exceeded")
 LINK_LOST = (
     "client socket is closed",
@@ -62,6 +63,11 @@ def explain(error: gateway.GatewayError | None, seen: Circumstances) -> str:
         return f"The libvirt daemon on {src} stopped or does not answer. Check it (and restart it) on {src}."
     if not seen.destination_answers:
         return f"The libvirt daemon on {dst} stopped or does not answer. Check it (and restart it) on {dst}."
+    if any(word in text for word in TLS):
+        return (
+            f"The encrypted (TLS) connection between {src} and {dst} could not be set up: {error.message} "
+            "Check the migration certificates of both hosts."
+        )
     if error is not None and error.code == ErrorCode.OPERATION_TIMEOUT:
         return f"libvirt gave up waiting: {src} or {dst} answered too slowly. Check their load and the network."
     if any(word in text for word in LINK_LOST) and seen.postcopy_started:

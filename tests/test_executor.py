@@ -244,6 +244,12 @@ def test_a_source_that_does_not_answer_needs_attention_until_it_does(monkeypatch
         ("internal error: client socket is closed", ("qemu:///b",), False, "The libvirt daemon on b stopped"),
         ("End of file while reading data", (), True, "The libvirt daemon on a restarted"),
         ("Unable to write to '/x.qcow2': No space left on device", (), False, "b ran out of disk space"),
+        (
+            "operation failed: Cannot read from TLS channel: Input/output error",
+            (),
+            False,
+            "The encrypted (TLS) connection between a and b could not be set up: operation failed: Cannot read",
+        ),
     ],
 )
 def test_a_failure_names_what_happened_in_plain_words(monkeypatch, message, unreachable, lost, expected):
