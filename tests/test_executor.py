@@ -35,8 +35,7 @@ class Hosts:
         monkeypatch.setattr(gateway, "vm_state", self.vm_state)
         monkeypatch.setattr(gateway, "path_info", self.path_info)
         monkeypatch.setattr(gateway, "delete_volume", self.delete_volume)
-        monkeypatch.setattr(gateway, "destroy_leftover", self.destroy_leftover)
-        monkeypatch.setattr(gateway, "remove_stale_copy", self.destroy_leftover)
+        monkeypatch.setattr(gateway, "remove_stale_copy", self.remove_stale_copy)
         monkeypatch.setattr(gateway, "resume_vm", self.resume_vm)
         monkeypatch.setattr(gateway, "placement", self.placement)
         monkeypatch.setattr(gateway, "completed_job_stats", self.completed_job_stats)
@@ -69,7 +68,7 @@ class Hosts:
         self.deleted.append((uri, path))
         return True
 
-    def destroy_leftover(self, uri, uuid):
+    def remove_stale_copy(self, uri, uuid):
         self.destroyed.append(uri)
         self.states[uri] = None
         return True

@@ -208,27 +208,6 @@ def remove_stale_copy(uri: str, uuid: str) -> bool:
     return call(uri, remove, UNBOUNDED)
 
 
-def destroy_leftover(uri: str, uuid: str) -> bool:
-    """Remove a paused incoming copy left on a destination by a failed
-    migration. Returns True when one was removed. A running VM is never touched."""
-
-    def destroy(conn: libvirt.virConnect) -> bool:
-        dom = lookup_or_none(conn, uuid)
-        if dom is None:
-            return False
-        state, _ = dom.state()
-        if state == DomainState.RUNNING:
-            return False
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent() and state != DomainState.SHUTOFF:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.undefine()
-        return True
-
-    return call(uri, destroy, UNBOUNDED)
-
-
 @dataclass(frozen=True)
 class DomainStatus:
     """Where a domain stands, without reading what it is (VMInfo): cheap
