@@ -14,7 +14,7 @@ lint: setup
 	.venv/bin/ruff format --check .
 
 lab-down:
-	.venv/bin/python manage.py lab down
+	DEMO=1 .venv/bin/python manage.py lab down
 
 bench: setup
 	.venv/bin/python manage.py bench_progress

@@ -1,12 +1,16 @@
 """Settings for the migration dashboard, read from the environment.
 
-Every value has a default that runs the demo with no configuration (SQLite,
-local Redis). Production sets SECRET_KEY, DEBUG=False, ALLOWED_HOSTS and a
-DATABASE_URL; `python manage.py check --deploy` warns about what is unsafe.
+Safe by default: outside the demo (DEMO=1, set by `make demo` and `make test`)
+and the test suite, the dashboard refuses to start without a real SECRET_KEY
+and SECRETS_KEYS, and it runs with DEBUG off, secure cookies and HSTS. The
+demo keeps its conveniences: a demo secret key, a generated key file for
+private keys, libvirt's test driver and the lab's sockets. README, "Running
+in production", lists what to set.
 """
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -26,9 +30,40 @@ def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
 
 
+# Under pytest, another Redis database and channel prefix: a demo's worker must
+# never run a test's job, nor a test a demo's.
+TESTING = "pytest" in sys.modules
+# The demo lab and the test suite: the only places where the development
+# defaults below apply.
+DEMO = envbool("DEMO", "False")
+DEVELOPMENT = DEMO or TESTING
+
 DEMO_SECRET_KEY = "demo-only-secret-key-change-me"
-SECRET_KEY = os.getenv("SECRET_KEY", DEMO_SECRET_KEY)
-DEBUG = envbool("DEBUG", "True")
+SECRET_KEY = os.getenv("SECRET_KEY", "") or (DEMO_SECRET_KEY if DEVELOPMENT else "")
+# Fernet key(s) that encrypt private keys at rest; comma-separated for
+# rotation (the first encrypts, all decrypt; `manage.py rotate_secrets`
+# re-encrypts under the first). Only the demo generates a key file.
+SECRETS_KEYS = envlist("SECRETS_KEYS", "")
+SECRETS_KEY_FILE = Path(os.getenv("SECRETS_KEY_FILE", str(BASE_DIR / "var" / "secrets.key")))
+
+
+def _refuse_unsafe_start() -> None:
+    missing = []
+    if not SECRET_KEY or SECRET_KEY == DEMO_SECRET_KEY:
+        missing.append("SECRET_KEY (a long random string)")
+    if not SECRETS_KEYS:
+        missing.append("SECRETS_KEYS (Fernet keys, comma-separated)")
+    if missing:
+        sys.exit(
+            f"VM Migrator refuses to start: set {' and '.join(missing)} in the environment "
+            "(README, 'Running in production'), or DEMO=1 for the demo lab."
+        )
+
+
+if not DEVELOPMENT:
+    _refuse_unsafe_start()
+
+DEBUG = envbool("DEBUG", "False")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 SITE_NAME = os.getenv("SITE_NAME", "VM Migrator")
@@ -44,6 +79,7 @@ INSTALLED_APPS = [
     "channels",
     "django_rq",
     "bootstrap4",
+    "axes",
     "migrator.audit",
     "hosts",
     "hosts.certificates",
@@ -52,13 +88,31 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "migrator.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login throttling (django-axes, stored in the database so every Daphne
+# process and machine counts the same failures): AXES_FAILURE_LIMIT wrong
+# passwords for one user name from one address lock that pair out for
+# AXES_COOLOFF_MINUTES. A lock-out is audited (auth.locked_out).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", "5")
+AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", "15"))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
 ROOT_URLCONF = "migrator.urls"
 ASGI_APPLICATION = "migrator.asgi.application"
@@ -95,9 +149,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": os.getenv("TEST_DATABASE_FILE", str(BASE_DIR / "var" / "test-db.sqlite3"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Under pytest, another Redis database and channel prefix: a demo's worker must
-# never run a test's job, nor a test a demo's.
-TESTING = "pytest" in sys.modules
 REDIS_URL = os.getenv("REDIS_URL", "redis://127.0.0.1:6379/15" if TESTING else "redis://127.0.0.1:6379/0")
 RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": envint("RQ_DEFAULT_TIMEOUT", "7200")},
@@ -125,8 +176,29 @@ STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
-SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "False")
-CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", "False")
+# Secure unless the demo or the tests (plain http on localhost) or DEBUG say otherwise.
+_SECURE = str(not (DEVELOPMENT or DEBUG))
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", _SECURE)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", _SECURE)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", _SECURE)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "31536000" if _SECURE == "True" else "0")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "True")
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "True")
+SESSION_COOKIE_HTTPONLY = True
+# Behind a TLS proxy: the header it sets on https requests, e.g.
+# SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO (it must strip the client's own).
+if os.getenv("SECURE_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = (os.environ["SECURE_PROXY_SSL_HEADER"], "https")
+# Error pages and logs never show connection strings or keys, even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "migrator.errors.SettingsHidingFilter"
+
+# Request bodies: a certificate is at most 64 KB; nothing the dashboard
+# accepts is larger than these. REQUEST_MAX_BODY_BYTES refuses (413) any
+# body above it, files included, before it is parsed.
+REQUEST_MAX_BODY_BYTES = envint("REQUEST_MAX_BODY_BYTES", str(1024 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", str(256 * 1024))
+FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", str(256 * 1024))
+DATA_UPLOAD_MAX_NUMBER_FIELDS = envint("DATA_UPLOAD_MAX_NUMBER_FIELDS", "500")
 
 # Where libvirt connections give up: a dead host must not hang a page or a job.
 LIBVIRT_CONNECT_TIMEOUT_S = envint("LIBVIRT_CONNECT_TIMEOUT_S", "10")
@@ -149,17 +221,31 @@ MIGRATION_STALL_S = float(os.getenv("MIGRATION_STALL_S", "10"))
 # A queued record whose RQ job vanished is queued again, at most this many times.
 MIGRATION_REQUEUE_LIMIT = envint("MIGRATION_REQUEUE_LIMIT", "3")
 
+# An open websocket re-checks its user's role and session this often (and at
+# once on logout or a role change).
+WEBSOCKET_RECHECK_S = float(os.getenv("WEBSOCKET_RECHECK_S", "15"))
+
 LAB_DIR = Path(os.getenv("LAB_DIR", str(BASE_DIR / ".lab")))
-# Fernet key(s) that encrypt private keys at rest; comma-separated for rotation.
-SECRETS_KEY_FILE = Path(os.getenv("SECRETS_KEY_FILE", str(BASE_DIR / "var" / "secrets.key")))
-SECRETS_KEYS = envlist("SECRETS_KEYS", "")
+# Host URIs (README, "Host URIs"): libvirt's test driver is for the demo and
+# the tests only; qemu+unix:// sockets only below these directories.
+LIBVIRT_ALLOW_TEST_DRIVER = envbool("LIBVIRT_ALLOW_TEST_DRIVER", str(DEVELOPMENT))
+LIBVIRT_SOCKET_DIRS = [Path(d) for d in envlist("LIBVIRT_SOCKET_DIRS", str(LAB_DIR) if DEVELOPMENT else "")]
+
+# The audit chain's HMAC key, kept out of the database. Empty: derived from
+# SECRET_KEY (set AUDIT_KEY on its own to change SECRET_KEY without
+# re-keying the log). Anchors (signed count + head hash) go to AUDIT_ANCHOR_DIR,
+# written by the worker every AUDIT_ANCHOR_INTERVAL_S.
+AUDIT_KEY = os.getenv("AUDIT_KEY", "")
+AUDIT_ANCHOR_DIR = Path(os.getenv("AUDIT_ANCHOR_DIR", str(BASE_DIR / "var" / "audit-anchors")))
+AUDIT_ANCHOR_INTERVAL_S = envint("AUDIT_ANCHOR_INTERVAL_S", "300")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    # django-axes logs every login at INFO; lock-outs are in the audit log.
+    "loggers": {"django.channels.server": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 
 BOOTSTRAP4 = {

@@ -3,6 +3,8 @@
 # system packages, Redis and PostgreSQL running, the virtualenv, the database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The demo lab's settings: a demo secret key and key file, the lab's sockets (README, "Running in production").
+export DEMO="${DEMO:-1}"
 mkdir -p var
 
 SUDO=""

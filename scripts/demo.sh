@@ -3,6 +3,8 @@
 # the dashboard (Daphne + an RQ worker) until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The demo lab's settings: a demo secret key and key file, the lab's sockets (README, "Running in production").
+export DEMO="${DEMO:-1}"
 PORT=${PORT:-8000}
 BIND=${BIND:-127.0.0.1}
 PY=.venv/bin/python

@@ -2,6 +2,8 @@
 # The whole suite, on SQLite and on PostgreSQL, with the lab up once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The demo lab's settings: a demo secret key and key file, the lab's sockets (README, "Running in production").
+export DEMO="${DEMO:-1}"
 scripts/bootstrap.sh
 export LAB_DOWN_AT_END=0
 PYTEST=(.venv/bin/pytest -p no:cacheprovider)

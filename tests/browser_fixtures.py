@@ -62,6 +62,8 @@ class DaphneServer:
             "REDIS_URL": settings.REDIS_URL,
             "CHANNELS_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
             "DEBUG": "False",
+            # Plain http on localhost: the demo's settings (no secure cookies, no https redirect).
+            "DEMO": "1",
         }
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(

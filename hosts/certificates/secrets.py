@@ -1,8 +1,9 @@
 """Encryption at rest for private keys (Fernet: AES-128-CBC + HMAC-SHA256).
 
 The keys live outside the database: ``SECRETS_KEYS`` (the first encrypts, all
-of them decrypt, so keys can be rotated), or for the demo a key file generated
-on first use (``SECRETS_KEY_FILE``).
+of them decrypt, so keys can be rotated), or for the demo and the tests only a
+key file generated on first use (``SECRETS_KEY_FILE``). Every worker machine
+must be given the same SECRETS_KEYS.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def secret_keys() -> list[str | bytes]:
     keys = [key for key in getattr(settings, "SECRETS_KEYS", []) or [] if key]
     if keys:
         return keys
+    if not getattr(settings, "DEVELOPMENT", False):
+        # A key made up here would differ on every worker machine.
+        raise CertificateProblem(
+            "No encryption key is configured for stored private keys: set SECRETS_KEYS "
+            "(the same on every machine) and restart.",
+            code="no_key",
+        )
     return [load_or_create_key_file(settings.SECRETS_KEY_FILE)]
 
 
