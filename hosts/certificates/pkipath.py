@@ -156,13 +156,31 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def forget_material(host: Host, keep: str = "") -> None:
+def forget_material(host: Host | int, keep: str = "") -> None:
     """Delete the host's written TLS material (all but `keep`): decrypted keys do
-    not outlive their assignment."""
+    not outlive their assignment. `host` may be a primary key: the host may be gone."""
+    host_pk = host if isinstance(host, int) else host.pk
     try:
         root = _pki_root()
     except (OSError, TLSMaterialError):
         return
-    for entry in root.glob(f"{host.pk}-*"):
+    for entry in root.glob(f"{host_pk}-*"):
         if entry.name != keep:
             _remove_tree(entry)
+
+
+def forget_orphaned_material() -> list[str]:
+    """Delete material directories whose host has no TLS assignment any more
+    (left by a deletion made while the files could not be removed)."""
+    try:
+        root = _pki_root()
+    except (OSError, TLSMaterialError):
+        return []
+    assigned = {str(pk) for pk in HostTLS.objects.values_list("host_id", flat=True)}
+    removed = []
+    for entry in root.iterdir():
+        owner = entry.name.lstrip(".").split("-", 1)[0]
+        if owner.isdigit() and owner not in assigned:
+            _remove_tree(entry)
+            removed.append(entry.name)
+    return removed
