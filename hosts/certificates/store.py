@@ -360,3 +360,37 @@ def remove_certificate(cert: Certificate, *, user=None, client_address: str | No
                 )
         _audit("certificate.removed", cert, user, client_address, cert.snapshot())
         cert.delete()
+
+
+def rotate_stored_keys() -> tuple[int, int]:
+    """Re-encrypt every stored private key under the first of SECRETS_KEYS,
+    so the other keys can be retired. Returns (re-encrypted, already under the
+    first key). All or nothing: a key none of SECRETS_KEYS opens stops it
+    before anything is written."""
+    keys = secrets.secret_keys()
+    newest = keys[:1]
+    rotated = current = 0
+    with transaction.atomic():
+        rows = list(Certificate.objects.select_for_update().filter(encrypted_key__isnull=False).order_by("pk"))
+        for cert in rows:
+            token = bytes(cert.encrypted_key)
+            try:
+                secrets.decrypt_secret(token, newest)
+                current += 1
+                continue
+            except CertificateProblem:
+                pass
+            try:
+                new_token = secrets.rotate_secret(token, keys)
+            except CertificateProblem:
+                raise CertificateProblem(
+                    f"The private key of certificate '{cert.name}' (#{cert.pk}) opens with none of SECRETS_KEYS. "
+                    "Add the key it was stored under to SECRETS_KEYS (after the new one) and run rotate_secrets again; "
+                    "nothing was changed.",
+                    code="decrypt_failed",
+                ) from None
+            Certificate.objects.filter(pk=cert.pk).update(encrypted_key=new_token)
+            rotated += 1
+        if rotated:
+            AuditEvent.record("secrets.rotated", details={"re_encrypted": rotated, "already_current": current})
+    return rotated, current
