@@ -2,6 +2,10 @@
 has no shell there): whether a path exists and who uses it, creating and
 deleting images.
 
+Looking at a directory no pool covers takes a short-lived transient pool;
+`path_info(..., probe=False)` never does (pages opened with GET only read),
+and says so with `seen=False`.
+
 Reading a path runs under the gateway's call bound; creating and deleting
 images and pools have no bound of their own (a large image takes what it
 takes): keepalive ends them when the daemon falls silent.
@@ -33,6 +37,9 @@ class PathInfo:
     pool_available_bytes: int | None
     used_by: tuple[str, ...] = ()  # names of the host's VMs (running or defined) whose disk this is
     capacity_bytes: int | None = None
+    # False: no pool covers the directory and probing was not allowed, so
+    # `exists` is not known (it says False).
+    seen: bool = True
 
 
 def _pool_for_dir(conn: libvirt.virConnect, directory: str) -> libvirt.virStoragePool | None:
@@ -44,12 +51,18 @@ def _pool_for_dir(conn: libvirt.virConnect, directory: str) -> libvirt.virStorag
 
 
 @contextlib.contextmanager
-def _dir_pool(conn: libvirt.virConnect, directory: str) -> Iterator[tuple[libvirt.virStoragePool | None, bool]]:
-    """The pool covering `directory`, else a short-lived transient one.
-    Yields (None, True) when the directory does not exist there."""
+def _dir_pool(
+    conn: libvirt.virConnect, directory: str, probe: bool = True
+) -> Iterator[tuple[libvirt.virStoragePool | None, bool]]:
+    """The pool covering `directory`, else (when `probe`) a short-lived
+    transient one. Yields (None, True) when the directory does not exist
+    there, (None, False) when no pool covers it and probing is not allowed."""
     pool = _pool_for_dir(conn, directory)
     if pool is not None:
         yield pool, False
+        return
+    if not probe:
+        yield None, False
         return
     root = ET.Element("pool", type="dir")
     ET.SubElement(root, "name").text = f"probe-{os.getpid()}-{threading.get_ident()}"
@@ -75,17 +88,20 @@ def _disk_users(conn: libvirt.virConnect, path: str) -> tuple[str, ...]:
     return tuple(sorted(users))
 
 
-def path_info(uri: str, path: str) -> PathInfo:
-    """Whether `path` exists on the host and which of the host's VMs use it."""
+def path_info(uri: str, path: str, *, probe: bool = True) -> PathInfo:
+    """Whether `path` exists on the host and which of the host's VMs use it.
+    With probe=False nothing is created on the host: a directory no pool
+    covers comes back with seen=False."""
     directory, _, name = path.rpartition("/")
-    return call(uri, lambda conn: _path_info(conn, path, directory, name))
+    return call(uri, lambda conn: _path_info(conn, path, directory, name, probe))
 
 
-def _path_info(conn: libvirt.virConnect, path: str, directory: str, name: str) -> PathInfo:
-    with _dir_pool(conn, directory) as (pool, transient):
+def _path_info(conn: libvirt.virConnect, path: str, directory: str, name: str, probe: bool) -> PathInfo:
+    with _dir_pool(conn, directory, probe) as (pool, transient):
         if pool is None:
-            # No such directory on the host: the file cannot exist there.
-            return PathInfo(path, False, False, "", None)
+            # No such directory on the host (the file cannot exist there), or
+            # not looked at.
+            return PathInfo(path, False, False, "", None, seen=transient)
         pool.refresh(0)
         capacity = None
         try:

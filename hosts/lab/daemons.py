@@ -103,8 +103,12 @@ class Daemons:
                     raise LabError(f"libvirtd cannot use QEMU: {exc}") from exc
 
     def ensure_pool(self, key: str) -> None:
-        """A `default` dir pool on the images directory: non-shared migration needs one."""
+        """A `default` dir pool on the images directory (non-shared migration
+        creates images only in a pool) and a `shared` one on the shared dir, as
+        a site would define on its NFS mount: the wizard sees the disks there
+        without probing."""
         gateway.ensure_dir_pool(self._layout.uri(key), "default", IMAGES_DIR)
+        gateway.ensure_dir_pool(self._layout.uri(key), "shared", str(self._layout.shared_dir))
 
     def check_shared_dir(self, key: str) -> None:
         """The shared dir must be the same directory inside each host; it would

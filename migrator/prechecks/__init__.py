@@ -53,10 +53,13 @@ def run_prechecks(
     *,
     exclude_migration: int | None = None,
     source_facts: SourceFacts | None = None,
+    probe: bool = True,
 ) -> Report:
     """Every check for `vm` moving to `destination` under `params`; without
     parameters the disks are judged as if nothing were copied. The source is
-    read unless `source_facts` (from read_source_facts) are given."""
+    read unless `source_facts` (from read_source_facts) are given. With
+    probe=False nothing is created on the destination (pages opened with
+    GET): paths no storage pool covers are left to the review."""
     judge_disk_plan = params is not None
     params = MigrationParameters.from_record(params) if judge_disk_plan else MigrationParameters(create_images=False)
     report = Report()
@@ -121,7 +124,7 @@ def run_prechecks(
     _check_capacity(report, vm, destination, dst)
     _check_networks(report, vm, source, destination, src, dst)
     _check_name_free(report, vm, destination)
-    _check_storage(report, vm, source, destination, params, judge_disk_plan)
+    _check_storage(report, vm, source, destination, params, judge_disk_plan, probe)
     _check_tls(report, source, destination, params)
     if vm.details.get("hugepages"):
         report.add(

@@ -14,13 +14,24 @@ from hosts.models import StorageClass, VirtualMachine
 from ..parameters import MigrationParameters
 from .report import FAIL, PASS, WARN, _read
 
+NOT_SEEN = (
+    "no storage pool on {host} covers {directory}, and this page only reads: it is checked when you review "
+    "the migration. A 'dir' pool there shows it at once."
+)
+
 
 def chosen_disks(vm: VirtualMachine, params: MigrationParameters) -> list[dict[str, Any]]:
     targets = set(params.disks)
     return [d for d in vm.disks if d["target"] in targets]
 
 
-def _check_storage(report, vm, source, destination, params, judge_disk_plan: bool) -> None:
+def _check_storage(report, vm, source, destination, params, judge_disk_plan: bool, probe: bool = True) -> None:
+    """`probe`: may look at a directory no pool covers through a transient
+    pool (never on a page opened with GET)."""
+
+    def look(path: str) -> tuple[gateway.PathInfo | None, gateway.GatewayError | None]:
+        return _read(lambda: gateway.path_info(connect_uri(destination), path, probe=probe), destination)
+
     verdicts = {v.target: v for v in disk_verdicts(vm.disks, source.prefixes)}
     if vm.storage_class == StorageClass.SHARED:
         report.add("storage class", PASS, "every disk is on shared storage: nothing is copied", "R7")
@@ -38,11 +49,11 @@ def _check_storage(report, vm, source, destination, params, judge_disk_plan: boo
         elif verdict.kind == "network":
             report.add(f"disk {target}", PASS, f"{target} is network storage, reached by both hosts", "R7")
         elif verdict.shared:
-            _check_shared_disk(report, disk, destination)
+            _check_shared_disk(report, disk, destination, look)
         elif target in chosen:
-            _check_copied_disk(report, disk, destination, params)
+            _check_copied_disk(report, disk, destination, params, look)
         else:
-            _check_kept_disk(report, disk, verdict, destination)
+            _check_kept_disk(report, disk, verdict, destination, look)
 
     if vm.storage_class == StorageClass.NON_SHARED and judge_disk_plan and not chosen:
         report.add(
@@ -52,14 +63,21 @@ def _check_storage(report, vm, source, destination, params, judge_disk_plan: boo
             "R13",
         )
     if chosen:
-        _check_space(report, vm, destination, params)
+        _check_space(report, vm, destination, params, look)
 
 
-def _check_shared_disk(report, disk, destination) -> None:
+def _not_seen(report, target: str, path: str, destination, requirement: str) -> None:
+    where = NOT_SEEN.format(host=destination.name, directory=path.rpartition("/")[0] or "/")
+    report.add(f"disk {target}", WARN, f"{path}: {where}", requirement)
+
+
+def _check_shared_disk(report, disk, destination, look) -> None:
     target, path = disk["target"], disk["source"]
-    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path), destination)
+    info, error = look(path)
     if error:
         report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R7")
+    elif not info.seen:
+        _not_seen(report, target, path, destination, "R7")
     elif not info.exists:
         report.add(
             f"disk {target}",
@@ -72,13 +90,17 @@ def _check_shared_disk(report, disk, destination) -> None:
         report.add(f"disk {target}", PASS, f"{path} is visible at the same path on {destination.name}", "R7")
 
 
-def _inspect(report, disk, destination) -> gateway.PathInfo | None:
-    """The destination's view of the disk's path; None (with a failed check)
-    when it cannot be read or is a block device."""
+def _inspect(report, disk, destination, look) -> gateway.PathInfo | None:
+    """The destination's view of the disk's path; None (with a failed check,
+    or a warning when it was not looked at) when it cannot be read or is a
+    block device."""
     target, path = disk["target"], disk["source"]
-    info, error = _read(lambda: gateway.path_info(connect_uri(destination), path), destination)
+    info, error = look(path)
     if error:
         report.add(f"disk {target}", FAIL, f"Could not inspect {path} on {destination.name}: {error.message}", "R6")
+        return None
+    if not info.seen:
+        _not_seen(report, target, path, destination, "R6")
         return None
     if info.is_block_device:
         report.add(
@@ -91,9 +113,9 @@ def _inspect(report, disk, destination) -> gateway.PathInfo | None:
     return info
 
 
-def _check_copied_disk(report, disk, destination, params) -> None:
+def _check_copied_disk(report, disk, destination, params, look) -> None:
     target, path = disk["target"], disk["source"]
-    info = _inspect(report, disk, destination)
+    info = _inspect(report, disk, destination, look)
     if info is None:
         return
     fmt = disk.get("format") or "raw"
@@ -148,10 +170,10 @@ def _check_copied_disk(report, disk, destination, params) -> None:
         report.add(f"disk {target}", PASS, f"{path} ({fmt}{size}) is created and copied on {destination.name}", "R6")
 
 
-def _check_kept_disk(report, disk, verdict, destination) -> None:
+def _check_kept_disk(report, disk, verdict, destination, look) -> None:
     """A local disk that is not copied: the destination must have its own."""
     target, path = disk["target"], disk["source"]
-    info = _inspect(report, disk, destination)
+    info = _inspect(report, disk, destination, look)
     if info is None:
         return
     if info.exists:
@@ -169,11 +191,11 @@ def _check_kept_disk(report, disk, verdict, destination) -> None:
     )
 
 
-def _check_space(report, vm, destination, params) -> None:
+def _check_space(report, vm, destination, params, look) -> None:
     need = sum(d.get("capacity_bytes") or 0 for d in chosen_disks(vm, params))
     free = None
     for disk in chosen_disks(vm, params):
-        info, error = _read(lambda p=disk["source"]: gateway.path_info(connect_uri(destination), p))
+        info, error = look(disk["source"])
         if info is not None and info.pool_available_bytes is not None:
             free = info.pool_available_bytes
             break
