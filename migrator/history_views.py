@@ -5,13 +5,21 @@ record; each export is itself recorded in the audit log."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable
 
 from django.apps import apps
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, QueryDict
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    JsonResponse,
+    QueryDict,
+)
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -124,8 +132,25 @@ def _filename(extension: str) -> str:
     return f"migrations-{timezone.now():%Y%m%d-%H%M%S}.{extension}"
 
 
-@role_required(OPERATORS, AUDITORS)
-@require_GET
+def _export_view(view):
+    """An export is recorded in the audit log, so it is a POST (with the
+    page's CSRF token and the filters in the query string): another site
+    cannot make a user's browser export, nor flood the log in their name."""
+
+    @functools.wraps(view)
+    def post_only(request: HttpRequest) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(
+                ["POST"],
+                content="Exports are made with the Export buttons on the migration history page (a POST).",
+                content_type="text/plain",
+            )
+        return view(request)
+
+    return role_required(OPERATORS, AUDITORS)(post_only)
+
+
+@_export_view
 def export_csv(request: HttpRequest) -> HttpResponse:
     result, error = _export_or_error(request, "csv")
     if error:
@@ -141,8 +166,7 @@ def export_csv(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@role_required(OPERATORS, AUDITORS)
-@require_GET
+@_export_view
 def export_json(request: HttpRequest) -> HttpResponse:
     result, error = _export_or_error(request, "json")
     if error:

@@ -7,6 +7,7 @@ import io
 import json
 import re
 import uuid
+from urllib.parse import urlencode
 
 import pytest
 from django.urls import reverse
@@ -208,8 +209,26 @@ def test_it_shows_the_history_with_outcomes(login, records):
 def test_it_refuses_the_history_to_security_admins_and_outsiders(login, records):
     for role in ("security", "outsider"):
         client = login(role)
-        for name in ("migrator:list", "migrator:export_csv", "migrator:export_json"):
-            assert client.get(reverse(name)).status_code == 403, (role, name)
+        assert client.get(reverse("migrator:list")).status_code == 403, role
+        for name in ("migrator:export_csv", "migrator:export_json"):
+            assert client.post(reverse(name)).status_code == 403, (role, name)
+
+
+def export(client, name: str, filters: dict | None = None):
+    """An export as the page makes it: a POST, the filters in the query string."""
+    query = f"?{urlencode(filters)}" if filters else ""
+    return client.post(reverse(f"migrator:{name}") + query)
+
+
+def test_it_exports_only_on_post_and_records_nothing_on_get(login, records):
+    """A link or an image on another site cannot export nor write to the audit log."""
+    client = login("auditor")
+    before = AuditEvent.objects.count()
+    for name in ("export_csv", "export_json"):
+        response = client.get(reverse(f"migrator:{name}"), {"state": "failed"})
+        assert response.status_code == 405
+        assert "Export buttons" in response.content.decode()
+    assert AuditEvent.objects.count() == before
 
 
 def read_csv(response) -> list[dict]:
@@ -221,7 +240,7 @@ def read_csv(response) -> list[dict]:
 
 
 def test_it_exports_the_filtered_set_as_csv(login, records):
-    response = login("auditor").get(reverse("migrator:export_csv"), {"state": "failed", "sort": "vm_name"})
+    response = export(login("auditor"), "export_csv", {"state": "failed", "sort": "vm_name"})
     rows = read_csv(response)
     assert [row["vm_name"] for row in rows] == ["cache-2", "db-2", "web-2"]
     web2 = rows[2]
@@ -235,13 +254,13 @@ def test_it_exports_the_filtered_set_as_csv(login, records):
 
 
 def test_it_exports_every_row_and_column_as_csv(login, records):
-    rows = read_csv(login("operator").get(reverse("migrator:export_csv")))
+    rows = read_csv(export(login("operator"), "export_csv"))
     assert len(rows) == len(ALL)
     assert all(set(row) == set(EXPORT_COLUMN_NAMES) for row in rows)
 
 
 def test_it_exports_the_filtered_set_as_json(login, records):
-    response = login("operator").get(reverse("migrator:export_json"), {"tls": "yes"})
+    response = export(login("operator"), "export_json", {"tls": "yes"})
     assert response["Content-Type"] == "application/json"
     data = json.loads(response.content)
     assert data["columns"] == list(EXPORT_COLUMN_NAMES)
@@ -257,14 +276,14 @@ def test_it_exports_the_filtered_set_as_json(login, records):
 
 
 def test_it_records_each_export_in_the_audit_log(login, users, records):
-    login("auditor").get(reverse("migrator:export_json"), {"state": "failed"})
+    export(login("auditor"), "export_json", {"state": "failed"})
     event = AuditEvent.objects.get(action="migrations.exported")
     assert event.actor_username == "arthur"
     assert event.details == {"format": "json", "filters": {"state": "failed"}, "count": 3}
 
 
 def test_it_rejects_an_export_with_invalid_filters(login, records):
-    response = login("auditor").get(reverse("migrator:export_csv"), {"state": "exploded"})
+    response = export(login("auditor"), "export_csv", {"state": "exploded"})
     assert response.status_code == 400
     assert b"state" in response.content
 
@@ -318,8 +337,8 @@ def test_it_finds_last_hours_failed_migrations_from_a_host_explains_and_exports_
     assert "Unable to connect to host-b: No route to host" in detail.content.decode()
     assert "code 38, domain 7" in detail.content.decode()
 
-    export_url = re.search(r'href="([^"]+)" id="export-csv"', body).group(1).replace("&amp;", "&")
-    rows = read_csv(client.get(export_url))
+    export_url = re.search(r'action="([^"]+)" class="mr-1">', body).group(1).replace("&amp;", "&")
+    rows = read_csv(client.post(export_url))
     assert [row["vm_name"] for row in rows] == ["web-2"]
     assert rows[0]["error_message"] == "Unable to connect to host-b: No route to host"
 
