@@ -18,7 +18,7 @@ from hosts.models import Host, VirtualMachine
 from .audit.requests import audit
 from .models import Migration
 from .planning.dirtyrate import vm_dirty_rate_context
-from .roles import OPERATORS, role_required, superuser_required
+from .roles import OPERATORS, role_required, sees_migrations, superuser_required
 
 
 @role_required()
@@ -26,6 +26,8 @@ def host_detail(request: HttpRequest, pk: int) -> HttpResponse:
     host = get_object_or_404(Host, pk=pk)
     vms = list(host.vms.all())
     active = {m.vm_uuid: m for m in Migration.objects.active().filter(vm_uuid__in=[vm.uuid for vm in vms])}
+    if not sees_migrations(request.user):
+        active = dict.fromkeys(active, True)  # "migrating", without the record
     return render(
         request,
         "hosts/detail.html",
@@ -53,7 +55,8 @@ def vm_detail(request: HttpRequest, pk: int) -> HttpResponse:
     vm = get_object_or_404(VirtualMachine.objects.select_related("host"), pk=pk)
     verdicts = dict((v.target, v) for v in inventory.disk_verdicts(vm.disks, vm.host.prefixes))
     disks = [(disk, verdicts.get(disk["target"])) for disk in vm.disks]
-    migrations = Migration.objects.for_vm(vm.uuid)[:20]
+    sees = sees_migrations(request.user)
+    migrations = Migration.objects.for_vm(vm.uuid)[:20] if sees else []
     active = Migration.objects.active().for_vm(vm.uuid).first()
     context = {"vm": vm, "disks": disks, "migrations": migrations, "active": active}
     context.update(vm_dirty_rate_context(request, vm))

@@ -38,6 +38,11 @@ def has_role(user, *roles: str) -> bool:
     return bool(user_roles(user) & set(roles or ALL_ROLES))
 
 
+def sees_migrations(user) -> bool:
+    """Operators and auditors see migration records; security admins do not."""
+    return has_role(user, OPERATORS, AUDITORS)
+
+
 def role_required(*roles: str) -> Callable:
     """Login, then 403 unless the user holds one of `roles` (any role if none given)."""
 
@@ -74,6 +79,8 @@ def roles_context(request) -> dict:
         "is_operator": OPERATORS in roles,
         "is_auditor": AUDITORS in roles,
         "is_security_admin": SECURITY_ADMINS in roles,
+        # Migration records (lists, links, counts) are for operators and auditors.
+        "sees_migrations": bool(roles & {OPERATORS, AUDITORS}),
         "user_roles": sorted(roles),
     }
 

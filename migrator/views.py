@@ -16,18 +16,19 @@ from .live import migration_state
 from .models import Migration
 from .parameters import describe as describe_parameters
 from .planning import dirtyrate
-from .roles import AUDITORS, OPERATORS, has_role, role_required
+from .roles import AUDITORS, OPERATORS, has_role, role_required, sees_migrations
 
 
 @role_required()
 def home(request):
     hosts = Host.objects.all()
+    sees = sees_migrations(request.user)
     context = {
         "hosts": hosts,
         "vm_count": VirtualMachine.objects.count(),
         "running_vm_count": VirtualMachine.objects.running().count(),
-        "active": Migration.objects.active().order_by("created_at"),
-        "recent": Migration.objects.finished().order_by("-finished_at")[:10],
+        "active": Migration.objects.active().order_by("created_at") if sees else Migration.objects.none(),
+        "recent": Migration.objects.finished().order_by("-finished_at")[:10] if sees else [],
     }
     context["certificate_warnings"] = expiry_warnings()
     return render(request, "migrator/home.html", context)
