@@ -1,8 +1,22 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
+from django_rq import urls as rq_urls
 
 from . import views
+from .roles import superuser_required
+
+
+def superusers_only(patterns: list) -> list:
+    """django-rq admits any staff user; its queues hold every job's
+    arguments and can requeue or delete them, so only superusers get in."""
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            superusers_only(pattern.url_patterns)
+        elif isinstance(pattern, URLPattern):
+            pattern.callback = superuser_required(pattern.callback)
+    return patterns
+
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -12,5 +26,5 @@ urlpatterns = [
     path("migrations/", include("migrator.migration_urls")),
     path("vms/<int:pk>/dirty-rate/", views.vm_dirty_rate, name="vm_dirty_rate"),
     path("admin/", admin.site.urls),
-    path("django-rq/", include("django_rq.urls")),
+    path("django-rq/", include((superusers_only(list(rq_urls.urlpatterns)), rq_urls.app_name))),
 ]
