@@ -6,6 +6,6 @@ class MigratorConfig(AppConfig):
     verbose_name = "Migrations"
 
     def ready(self) -> None:
-        # Registers the system checks and the publisher of state changes to
-        # the live pages.
-        from . import checks, live  # noqa: F401
+        # Registers the system checks, the publisher of state changes to the
+        # live pages, and the sockets' re-check on logout and role changes.
+        from . import checks, consumers, live  # noqa: F401

@@ -21,9 +21,14 @@
       var proto = location.protocol === "https:" ? "wss://" : "ws://";
       ws = new WebSocket(proto + location.host + path);
       ws.onopen = function () { delay = 500; say("live"); };
-      ws.onmessage = function (ev) { handlers.message(JSON.parse(ev.data)); };
+      ws.onmessage = function (ev) {
+        var msg = JSON.parse(ev.data);
+        if (msg.type === "revoked") { say(msg.message); return; }
+        handlers.message(msg);
+      };
       ws.onclose = function (ev) {
-        if (closedByUs || ev.code === 4403 || ev.code === 4404) { say(ev.code === 4403 ? "not allowed" : ""); return; }
+        if (closedByUs || ev.code === 4404) { say(""); return; }
+        if (ev.code === 4403) { if (!status || status.textContent.indexOf("reload") < 0) say("not allowed"); return; }
         say("connection lost; reconnecting in " + (delay / 1000).toFixed(1) + " s");
         setTimeout(open, delay);
         delay = Math.min(delay * 2, 15000);
