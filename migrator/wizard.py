@@ -9,7 +9,7 @@ from django import forms
 from django.contrib import messages
 from django.core import signing
 from django.db import IntegrityError, connections
-from django.http import Http404
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 
 from hosts import gateway
@@ -55,6 +55,15 @@ def new_migration(request):
     """Step 1 → 4, each its own view below; the query string and the form say
     which step the operator is at."""
     position = {k: request.GET.get(k) or request.POST.get(k) for k in StepChoice.base_fields}
+    for key in StepChoice.base_fields:
+        if request.GET.get(key) and request.POST.get(key) and request.GET[key] != request.POST[key]:
+            # The page names one VM and destination; the form must agree, or
+            # the record and the migration could differ.
+            return HttpResponseBadRequest(
+                f"The address names {key} {request.GET[key][:20]} but the form sends {key} {request.POST[key][:20]}: "
+                "go back to the migration wizard and start again.",
+                content_type="text/plain; charset=utf-8",
+            )
     step = StepChoice(position)
     if not step.is_valid():
         raise Http404("No such VM or host.")
@@ -102,7 +111,8 @@ def _judge_all(vm: VirtualMachine, plans: list[tuple[Host, MigrationParameters]]
 
     def judge(destination: Host, plan: MigrationParameters) -> Report:
         try:
-            return run_prechecks(vm, vm.host, destination, plan, source_facts=source_facts)
+            # A GET: reads only, never a transient pool on the destination.
+            return run_prechecks(vm, vm.host, destination, plan, source_facts=source_facts, probe=False)
         finally:
             connections.close_all()
 

@@ -68,8 +68,8 @@ def test_review_refuses_a_destination_other_than_the_wizards(login, vm, two_host
     data.update({"vm": vm.pk, "review": "1"})
     url = reverse(NEW) + f"?vm={vm.pk}&destination={two_hosts[1].pk}"
     response = login("operator").post(url, data)
-    assert response.status_code == 200
-    assert "This wizard is migrating to other" in response.content.decode()
+    assert response.status_code == 400
+    assert f"names destination {two_hosts[1].pk} but the form sends destination {third.pk}" in response.content.decode()
     assert not Migration.objects.exists()
 
 
