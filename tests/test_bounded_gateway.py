@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -212,9 +213,11 @@ def test_the_bounds_come_from_the_settings():
 
 
 @pytest.fixture
-def quiet_hosts(test_host, bounds) -> Iterator[list[Host]]:
+def quiet_hosts(test_host, bounds, settings) -> Iterator[list[Host]]:
     """Hosts that never answer, beside the test driver's host."""
     silents = [SilentHost() for _ in range(5)]
+    # Their sockets are in /tmp: the allow-list (hosts.uris) must let them be opened.
+    settings.LIBVIRT_SOCKET_DIRS = [*settings.LIBVIRT_SOCKET_DIRS, *(Path(s.path).parent for s in silents)]
     yield [Host.objects.create(name=f"quiet-{i}", uri=s.uri) for i, s in enumerate(silents, 1)]
     for each in silents:
         each.close()
