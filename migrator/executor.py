@@ -31,6 +31,7 @@ from django.utils import timezone
 from hosts import gateway, inventory
 from hosts.connection import connect_uri
 from hosts.models import Host
+from hosts.uris import require_allowed
 
 from . import live
 from .audit.models import AuditEvent
@@ -179,6 +180,7 @@ class Executor:
 
     def _migrate(self, spec: gateway.MigrationSpec) -> None:
         m = self.migration
+        require_allowed(spec.dconnuri, host_name=m.destination_name, what="peer URI")  # the source libvirtd opens it
         run = gateway.MigrationRun(
             self.src_uri,
             m.vm_uuid,
@@ -716,6 +718,17 @@ def take_over(m: Migration) -> bool:
     return won
 
 
+def _executor_or_none(m: Migration) -> Executor | None:
+    """An executor for `m`, or None (logged) when a host's URI cannot be used
+    (refused by the allow-list, TLS material unreadable): one such record
+    must not stop the rest of maintenance; it is tried again next round."""
+    try:
+        return Executor(m)
+    except gateway.GatewayError as error:
+        log.warning("Migration #%s cannot be settled now: %s", m.pk, error.message)
+        return None
+
+
 def reconcile(wait_s: float = 600) -> list[Migration]:
     """Settle records whose worker stopped: a running record whose lease ran
     out (killing the client does not stop a peer-to-peer migration: the job
@@ -724,10 +737,15 @@ def reconcile(wait_s: float = 600) -> list[Migration]:
     settled = []
     for m in Migration.objects.filter(_lease_expired(), state__in=WORKING_STATES):
         if take_over(m):
-            Executor(m).settle_orphan(wait_s)
-            settled.append(m)
+            executor = _executor_or_none(m)
+            if executor is not None:
+                executor.settle_orphan(wait_s)
+                settled.append(m)
     for m in Migration.objects.filter(state__in=[MigrationState.INTERRUPTED, MigrationState.ATTENTION]):
-        Executor(m).recheck()
+        executor = _executor_or_none(m)
+        if executor is None:
+            continue
+        executor.recheck()
         m.refresh_from_db()
         if m.state not in (MigrationState.INTERRUPTED, MigrationState.ATTENTION):
             settled.append(m)

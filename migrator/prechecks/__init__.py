@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hosts import gateway
+from hosts import gateway, uris
 from hosts.certificates.readiness import tls_readiness
 from hosts.connection import connect_uri
 from hosts.models import Host, VirtualMachine
@@ -92,6 +92,16 @@ def run_prechecks(
     else:
         report.add("VM running", PASS, f"{vm.name} is running on {source.name}", "R2")
 
+    peer_refused = uris.refusal(destination.effective_peer_uri)
+    if peer_refused:
+        # The source's libvirtd (root) would open it for peer-to-peer.
+        report.add(
+            "destination peer URI",
+            FAIL,
+            f"The peer URI of {destination.name} is not allowed: {peer_refused} Edit the host to change it.",
+            "R1",
+        )
+        return report
     facts.dest_info, facts.dest_error = _read(lambda: gateway.host_info(connect_uri(destination)), destination)
     if facts.dest_error:
         report.add("destination reachable", FAIL, unreachable(destination, facts.dest_error), "R1")
