@@ -39,4 +39,12 @@ def unsafe_production_settings(app_configs, **kwargs) -> list[Warning]:
                 id="migrator.W004",
             )
         )
+    if not settings.AUDIT_KEY and not settings.DEVELOPMENT:
+        warnings.append(
+            Warning(
+                "The audit chain's key is derived from SECRET_KEY: changing SECRET_KEY would break the chain.",
+                hint="Set AUDIT_KEY to its own long random value (README, 'Running in production').",
+                id="migrator.W005",
+            )
+        )
     return warnings

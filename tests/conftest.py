@@ -15,6 +15,12 @@ PASSWORD = "pass-word-123"
 
 
 @pytest.fixture(autouse=True)
+def audit_anchors_elsewhere(settings, tmp_path_factory):
+    """The tests' audit anchors never land beside the demo's."""
+    settings.AUDIT_ANCHOR_DIR = tmp_path_factory.mktemp("audit-anchors")
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hasher(settings):
     # Production's PBKDF2 costs ~0.3 s per user; tests make many users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

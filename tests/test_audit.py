@@ -1,6 +1,7 @@
 """The audit trail: append-only records, the read-only admin, the hash chain
 and its verifier, the audit events for logins and role changes, and the
-audit log page."""
+audit log page. The chain against an attacker, the anchors and the
+migration outcomes: tests/test_audit_chain.py."""
 
 import datetime as dt
 from io import StringIO
@@ -18,6 +19,12 @@ from migrator.models import Migration, MigrationEvent, MigrationSample
 from migrator.roles import AUDITORS, OPERATORS
 
 from .conftest import PASSWORD
+from .test_audit_chain import tamper, with_table_rights
+
+
+@pytest.fixture(autouse=True)
+def anchor_dir(settings, tmp_path):
+    settings.AUDIT_ANCHOR_DIR = tmp_path / "anchors"
 
 
 def make_migration(**fields) -> Migration:
@@ -46,9 +53,10 @@ def migration(db) -> Migration:
 
 
 def verify() -> str:
+    """verify_audit's summary, its last line."""
     out = StringIO()
     call_command("verify_audit", stdout=out)
-    return out.getvalue()
+    return out.getvalue().splitlines()[-1]
 
 
 def chain(n: int = 5) -> list[AuditEvent]:
@@ -63,7 +71,7 @@ def chain(n: int = 5) -> list[AuditEvent]:
 
 @pytest.mark.django_db
 def test_it_passes_an_empty_log():
-    assert verify().strip() == "0 events, chain intact"
+    assert verify() == "0 events, chain intact; no anchor checked"
 
 
 @pytest.mark.django_db
@@ -74,14 +82,14 @@ def test_it_passes_an_intact_chain():
     # Values PostgreSQL's jsonb hands back differently from how Python wrote them.
     odd = [1e20, -0.0, 1e-7, 0.1, 1.0, float("nan"), "nul\x00byte", 12345678901234567890]
     AuditEvent.record("test.numbers", details={"values": odd, "when": timezone.now()})
-    assert verify().strip() == "8 events, chain intact"
+    assert verify() == "8 events, chain intact; no anchor checked"
 
 
 @pytest.mark.django_db
 def test_it_detects_an_event_altered_in_the_database():
     events = chain(5)
     target = events[2]
-    AuditEvent.objects.filter(pk=target.pk).update(details={"i": 99})
+    tamper(target.pk, details={"i": 99})
     with pytest.raises(CommandError) as caught:
         verify()
     message = str(caught.value)
@@ -96,7 +104,8 @@ def test_it_detects_an_altered_event_whose_hash_was_recomputed():
     events = chain(4)
     target = AuditEvent.objects.get(pk=events[1].pk)
     target.actor_username = "mallory"
-    AuditEvent.objects.filter(pk=target.pk).update(actor_username="mallory", hash=target.compute_hash())
+    # Even with the key, re-hashing one event breaks the link of the next.
+    tamper(target.pk, actor_username="mallory", hash=target.compute_hash())
     with pytest.raises(CommandError) as caught:
         verify()
     message = str(caught.value)
@@ -107,7 +116,7 @@ def test_it_detects_an_altered_event_whose_hash_was_recomputed():
 @pytest.mark.django_db
 def test_it_detects_an_event_removed_from_the_middle():
     events = chain(4)
-    with connection.cursor() as cursor:
+    with with_table_rights(), connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {AuditEvent._meta.db_table} WHERE id = %s", [events[1].pk])
     with pytest.raises(CommandError) as caught:
         verify()
@@ -126,6 +135,8 @@ def test_it_refuses_to_change_or_delete_audit_events(db):
         event.delete()
     with pytest.raises(AppendOnlyError):
         AuditEvent.objects.filter(pk=event.pk).delete()
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.filter(pk=event.pk).update(details={"a": 2})
     assert AuditEvent.objects.get(pk=event.pk).details == {"a": 1}
 
 
@@ -158,7 +169,7 @@ def test_it_keeps_records_when_users_and_hosts_go(migration, users):
     other.refresh_from_db()
     assert (other.source_id, other.started_by_id, other.started_by_username) == (None, None, "olivia")
     assert AuditEvent.objects.get(action="host.added").actor_username == "olivia"
-    assert verify().endswith("chain intact\n")
+    assert verify().startswith(f"{AuditEvent.objects.count()} events, chain intact")
 
 
 # ------------------------------------------------------------------ admin
@@ -210,11 +221,12 @@ def test_it_keeps_everyone_else_out_of_the_admin(login, migration, role):
 
 
 def test_it_answers_no_write_method_on_the_review_pages(login, migration):
-    urls = [reverse("migrator:list"), reverse("migrator:export_csv"), reverse("migrator:export_json")]
+    exports = [reverse("migrator:export_csv"), reverse("migrator:export_json")]
     for role in ("operator", "auditor", "admin"):
         client = login(role)
-        for url in urls:
-            assert client.post(url, {"state": "succeeded"}).status_code == 405, (role, url)
+        assert client.post(reverse("migrator:list"), {"state": "succeeded"}).status_code == 405, role
+        for url in exports:  # an export is audited, so it is a POST; a GET is refused
+            assert client.get(url, {"state": "succeeded"}).status_code == 405, (role, url)
         expected = 405 if role != "operator" else 403
         assert client.post(reverse("migrator:audit"), {}).status_code == expected
     assert Migration.objects.get(pk=migration.pk).state == "failed"
@@ -265,7 +277,7 @@ def test_it_records_failed_logins(client, users):
     client.post(reverse("login"), {"username": "ghost", "password": "x"})
     ghost = AuditEvent.objects.filter(action="auth.login_failed").order_by("-pk").first()
     assert (ghost.object_repr, ghost.object_id) == ("ghost", "")
-    assert verify().endswith("chain intact\n")
+    assert verify().startswith(f"{AuditEvent.objects.count()} events, chain intact")
 
 
 def test_it_records_successful_logins(client, users):
@@ -352,7 +364,7 @@ def test_it_shows_the_audit_log_to_auditors_only(login, role, status):
 
 def test_it_filters_the_audit_log(login, users, migration):
     old = AuditEvent.record("host.added", actor=users["admin"], details={"uri": "x"})
-    AuditEvent.objects.filter(pk=old.pk).update(at=timezone.now() - dt.timedelta(days=3))
+    tamper(old.pk, at=timezone.now() - dt.timedelta(days=3))
     AuditEvent.record("host.removed", actor=users["admin"])
     AuditEvent.record("migration.started", actor=users["operator"], obj=migration)
     AuditEvent.record("migration.cancelled", actor=users["operator"], obj=migration)

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class AuditConfig(AppConfig):
@@ -8,4 +9,8 @@ class AuditConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the receivers that audit logins, role and superuser changes.
-        from . import signals  # noqa: F401
+        from . import guard, signals  # noqa: F401
+
+        # The append-only triggers, put back after any migration (SQLite
+        # rebuilds a table for most schema changes, and drops its triggers).
+        post_migrate.connect(guard.install_after_migrate, sender=self, dispatch_uid="audit_append_only_triggers")

@@ -7,7 +7,6 @@ primary key, plus a snapshot of its name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from typing import Any
@@ -17,18 +16,53 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
 
+from . import chain
+
 
 class AppendOnlyError(Exception):
     """Raised when code tries to rewrite or delete an append-only record."""
 
 
-class AppendOnlyQuerySet(models.QuerySet):
+def _plural(model) -> str:
+    return str(model._meta.verbose_name_plural).capitalize()
+
+
+class NeverDeletedQuerySet(models.QuerySet):
+    """Rows that are never deleted but may change through conditional
+    updates (a migration record's state transitions)."""
+
     def delete(self):
-        raise AppendOnlyError(f"{self.model._meta.verbose_name_plural} are never deleted.")
+        raise AppendOnlyError(f"{_plural(self.model)} are never deleted.")
+
+
+class AppendOnlyQuerySet(NeverDeletedQuerySet):
+    """Rows inserted one at a time through their model's save, then never
+    changed nor deleted: the bulk paths, which skip the model's save, are
+    refused too (their async twins call these). For the audit log the
+    database backs this up with triggers that refuse UPDATE, DELETE and
+    TRUNCATE (`migrator.audit.guard`)."""
+
+    def _refuse(self, what: str):
+        raise AppendOnlyError(f"{_plural(self.model)} are append-only: {what} is refused.")
+
+    def update(self, **kwargs: Any):
+        self._refuse("update()")
+
+    def _update(self, values):
+        self._refuse("update()")
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        self._refuse("bulk_update()")
+
+    def bulk_create(self, objs, *args: Any, **kwargs: Any):
+        self._refuse("bulk_create()")
 
 
 class AppendOnlyModel(models.Model):
-    """Rows are inserted once and never rewritten or deleted through the ORM."""
+    """A row is saved once, as an insert, and never deleted through the ORM.
+    Its manager says what may follow: AppendOnlyQuerySet, nothing (the audit
+    log); NeverDeletedQuerySet, conditional updates (a migration record's
+    state transitions)."""
 
     changed_message = "{plural} are never changed."
 
@@ -36,20 +70,22 @@ class AppendOnlyModel(models.Model):
         abstract = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        plural = str(self._meta.verbose_name_plural).capitalize()
         if not self._state.adding:
-            raise AppendOnlyError(self.changed_message.format(plural=plural))
+            raise AppendOnlyError(self.changed_message.format(plural=_plural(self)))
         kwargs["force_insert"] = True
         super().save(*args, **kwargs)
 
     def delete(self, *args: Any, **kwargs: Any):
-        raise AppendOnlyError(f"{str(self._meta.verbose_name_plural).capitalize()} are never deleted.")
+        raise AppendOnlyError(f"{_plural(self)} are never deleted.")
 
 
 class AuditEvent(AppendOnlyModel):
-    """Append-only log of who did what. Each row's hash covers its content and
-    the previous row's hash, so an edit made directly in the database breaks
-    the chain at that row (`python manage.py verify_audit`)."""
+    """Append-only log of who did what. Each row's hash is an HMAC, under a
+    key kept out of the database (`migrator.audit.chain`), of its content and
+    the previous row's hash: an edit made directly in the database breaks the
+    chain at that row, and cannot be re-hashed without the key. Signed
+    anchors kept outside the database (`migrator.audit.anchor`) catch the
+    newest rows removed (`python manage.py verify_audit`)."""
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -76,19 +112,8 @@ class AuditEvent(AppendOnlyModel):
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_username or '-'} {self.action} {self.object_repr}"
 
     def compute_hash(self) -> str:
-        payload = {
-            "at": self.at.isoformat(),
-            "actor": self.actor_username,
-            "address": self.client_address,
-            "action": self.action,
-            "object_type": self.object_type,
-            "object_id": self.object_id,
-            "object_repr": self.object_repr,
-            "details": self.details,
-            "prev": self.prev_hash,
-        }
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """The HMAC-SHA256 of the event's canonical payload under the chain key."""
+        return chain.seal(chain.row_canonical(self))
 
     @classmethod
     def record(

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from axes.signals import user_locked_out
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.auth.signals import user_logged_in, user_login_failed
@@ -120,3 +121,17 @@ def record_role_change(sender, instance, action: str, reverse: bool, model, pk_s
         pairs = [(instance, group) for group in Group.objects.filter(pk__in=pk_set)]
     for user, group in pairs:
         _record(verb, obj=user, details={"role": group.name, "roles_now": _role_names(user)})
+
+
+@receiver(user_locked_out, dispatch_uid="audit_locked_out")
+def locked_out(sender, request=None, username: str = "", ip_address: str | None = None, **kwargs) -> None:
+    """django-axes refused a login after too many wrong passwords."""
+    username = str(username or "")[:150]
+    user = User._default_manager.filter(**{User.USERNAME_FIELD: username}).first() if username else None
+    AuditEvent.record(
+        "auth.locked_out",
+        obj=user,
+        object_repr=username,
+        details={"username": username},
+        client_address=ip_address or client_address(request),
+    )
