@@ -108,9 +108,10 @@ def request_cancel(migration: Migration, who: Requester) -> str:
             "The migration is in post-copy: the VM already runs on the destination, so it cannot be cancelled. "
             "It completes by itself."
         )
-    if not migration.request_cancel(who.user):
+    # The transition audits the request (`migration.cancel_requested`, or
+    # `migration.cancelled` for a queued one) in its own transaction.
+    if not migration.request_cancel(who.user, via=who.via, client_address=who.client_address):
         raise ActionRefused(f"Migration #{migration.pk} is already {migration.get_state_display().lower()}.")
-    _audit(who, "migration.cancelled", migration, state=migration.state)
     return (
         "Cancelled."
         if migration.state == MigrationState.CANCELLED
@@ -178,6 +179,9 @@ def settle_by_hand(migration: Migration, state: str, vm_location: str, reason: s
     vm_location = (vm_location or "").strip()
     if not vm_location:
         raise ActionRefused("Say where the VM runs now (a host name, or “nowhere”).")
-    if not migration.settle_by_hand(state, vm_location=vm_location, reason=reason, user=who.user):
+    # Audited by the transition (`migration.settled_by_hand`), in its transaction.
+    settled = migration.settle_by_hand(
+        state, vm_location=vm_location, reason=reason, user=who.user, via=who.via, client_address=who.client_address
+    )
+    if not settled:
         raise ActionRefused(f"Migration #{migration.pk} changed meanwhile; reload and look again.")
-    _audit(who, "migration.settled_by_hand", migration, state=state, vm_location=vm_location, reason=reason)

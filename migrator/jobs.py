@@ -19,6 +19,7 @@ from rq.job import Job
 from hosts import inventory
 from hosts.models import Host, VirtualMachine
 
+from .audit import anchor as audit_anchor
 from .executor import Executor, reconcile
 from .models import Migration, MigrationState
 from .parameters import MigrationParameters
@@ -91,13 +92,27 @@ def refresh_host_inventory(host_id: int) -> None:
 
 def maintenance() -> None:
     """Periodic: settle migrations whose worker died, queue again those whose
-    job vanished, then re-read every host."""
-    reconcile()
+    job vanished, re-read every host, and anchor the audit log when its
+    newest anchor is AUDIT_ANCHOR_INTERVAL_S old."""
     try:
-        requeue_lost_jobs()
-    except RedisError:
-        log.warning("Redis does not answer: lost jobs are queued again next round")
-    inventory.refresh_all()
+        reconcile()
+        try:
+            requeue_lost_jobs()
+        except RedisError:
+            log.warning("Redis does not answer: lost jobs are queued again next round")
+        inventory.refresh_all()
+    finally:
+        anchor_audit_log()
+
+
+def anchor_audit_log() -> None:
+    """A signed anchor of the audit log's head, when one is due; a failure
+    (the directory unwritable, the database away) is a warning, never the
+    end of the maintenance pass."""
+    try:
+        audit_anchor.write_if_due()
+    except Exception as error:  # anchoring must never break maintenance
+        log.warning("Could not anchor the audit log in %s: %s", settings.AUDIT_ANCHOR_DIR, error)
 
 
 def requeue_lost_jobs() -> list[Migration]:

@@ -3,8 +3,10 @@
 A Migration row owns its state changes (`claim`, `progress`, `finish`,
 `fail`, `request_cancel`, `mark_cancelled`). Every transition is a
 conditional UPDATE so a worker, a cancel button and the reconciler never
-overwrite each other. Records keep a snapshot of names and URIs, so deleting
-a host or a user loses nothing.
+overwrite each other; each outcome it reaches (succeeded, failed, cancelled,
+interrupted, needs attention, settled by hand) and each cancel request is an
+audit event, written in the transaction of the state change. Records keep a
+snapshot of names and URIs, so deleting a host or a user loses nothing.
 
 The record, its timeline, its samples and the dirty-rate readings stay in one
 module (over 400 lines) because the samples and their final-statistics
@@ -16,13 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import DatabaseError, models, transaction
 from django.db.models import Q
 from django.dispatch import Signal
 from django.urls import reverse
 from django.utils import timezone
 
-from .audit.models import AppendOnlyModel, AppendOnlyQuerySet
+from .audit.models import AppendOnlyModel, AuditEvent, NeverDeletedQuerySet
 
 # Sent with `migration=` whenever a record is created or changes state (after
 # the commit); migrator.live publishes it to the pages, so no caller has to.
@@ -56,6 +58,15 @@ IN_FLIGHT_STATES = (MigrationState.QUEUED, MigrationState.RUNNING, MigrationStat
 # States in which a worker holds the migration and renews its lease.
 WORKING_STATES = (MigrationState.RUNNING, MigrationState.CANCELLING)
 FINAL_STATES = (MigrationState.SUCCEEDED, MigrationState.FAILED, MigrationState.CANCELLED)
+# The audit event of each outcome a transition reaches (a settle by hand is
+# `migration.settled_by_hand`, a cancel request `migration.cancel_requested`).
+OUTCOME_ACTIONS = {
+    MigrationState.SUCCEEDED: "migration.succeeded",
+    MigrationState.FAILED: "migration.failed",
+    MigrationState.CANCELLED: "migration.cancelled",
+    MigrationState.INTERRUPTED: "migration.interrupted",
+    MigrationState.ATTENTION: "migration.needs_attention",
+}
 STATE_BADGES = {
     MigrationState.QUEUED: "secondary",
     MigrationState.RUNNING: "primary",
@@ -68,7 +79,8 @@ STATE_BADGES = {
 }
 
 
-class MigrationQuerySet(AppendOnlyQuerySet):
+# Never deleted, and changed only by the transitions' conditional updates.
+class MigrationQuerySet(NeverDeletedQuerySet):
     def active(self) -> MigrationQuerySet:
         return self.filter(state__in=ACTIVE_STATES)
 
@@ -190,14 +202,64 @@ class Migration(AppendOnlyModel):
 
     # ------------------------------------------------------------ transitions
 
-    def _transition(self, allowed: tuple[str, ...], **fields: Any) -> bool:
+    def _transition(self, allowed: tuple[str, ...], *, audit: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Conditional update: only one of several racing writers wins. The
-        winner announces the new state once it is committed."""
-        won = Migration.objects.filter(pk=self.pk, state__in=allowed).update(**fields) == 1
-        self.refresh_from_db()
-        if won:
-            transaction.on_commit(self.announce)
+        winner announces the new state once it is committed.
+
+        With `audit` (AuditEvent.record's arguments, action included), the
+        winner that entered the state (not one that stayed in it: a
+        needs-attention record asked again) records the event in the same
+        transaction: a failed audit write leaves the record as it was."""
+        target = fields.get("state")
+        try:
+            with transaction.atomic():
+                entering = tuple(state for state in allowed if state != target)
+                won = entered = Migration.objects.filter(pk=self.pk, state__in=entering).update(**fields) == 1
+                if not won and target in allowed:
+                    won = Migration.objects.filter(pk=self.pk, state=target).update(**fields) == 1
+                self.refresh_from_db()
+                if entered and audit:
+                    self._audit(**audit)
+                if won:
+                    transaction.on_commit(self.announce)
+        except Exception:
+            # Rolled back: the record in memory must not show the state it did not reach.
+            try:
+                self.refresh_from_db()
+            except DatabaseError:
+                pass
+            raise
         return won
+
+    def _audit(self, action: str, *, actor=None, client_address: str | None = None, **details: Any) -> None:
+        """An audit event of this record's outcome: where, what, who asked."""
+        facts: dict[str, Any] = {
+            "vm": self.vm_name,
+            "vm_uuid": self.vm_uuid,
+            "source": self.source_name,
+            "destination": self.destination_name,
+            "state": self.state,
+            "vm_location": self.vm_location,
+            "requested_by": self.started_by_username,
+        }
+        if self.cancelled_by_username:
+            facts["cancelled_by"] = self.cancelled_by_username
+        if self.error_message:
+            facts["error"] = self.error_message[:500]
+        if self.error_code is not None:
+            facts["error_code"] = self.error_code
+        for name in ("downtime_ms", "total_time_ms"):
+            if getattr(self, name) is not None:
+                facts[name] = getattr(self, name)
+        if self.outcome_note:
+            facts["note"] = self.outcome_note[:500]
+        AuditEvent.record(action, actor=actor, obj=self, client_address=client_address, details={**facts, **details})
+
+    @staticmethod
+    def _outcome(state: str) -> dict[str, Any]:
+        """The audit of reaching `state`, with no actor: the worker's doing
+        (the details name who asked for the migration)."""
+        return {"action": OUTCOME_ACTIONS[state]}
 
     def announce(self) -> None:
         """Tell every listener (the live pages) the record's current state."""
@@ -258,6 +320,7 @@ class Migration(AppendOnlyModel):
         fields = final_stat_fields(stats)
         won = self._transition(
             ACTIVE_STATES,
+            audit=self._outcome(MigrationState.SUCCEEDED),
             state=MigrationState.SUCCEEDED,
             finished_at=timezone.now(),
             final_stats=stats,
@@ -280,6 +343,7 @@ class Migration(AppendOnlyModel):
         message = details.get("message", str(error))
         won = self._transition(
             allowed,
+            audit=self._outcome(state),
             state=state,
             error_message=message,
             error_code=details.get("code"),
@@ -307,13 +371,23 @@ class Migration(AppendOnlyModel):
         allowed = (MigrationState.RUNNING, MigrationState.CANCELLING, MigrationState.ATTENTION)
         return self._fail_as(allowed, MigrationState.ATTENTION, error, vm_location, note)
 
-    def settle_by_hand(self, state: str, *, vm_location: str, reason: str, user) -> bool:
-        """A superuser's verdict on a record the dashboard cannot settle."""
+    def settle_by_hand(
+        self, state: str, *, vm_location: str, reason: str, user, via: str = "", client_address: str | None = None
+    ) -> bool:
+        """A superuser's verdict on a record the dashboard cannot settle,
+        audited as `migration.settled_by_hand` with the superuser as actor."""
         if state not in FINAL_STATES:
             raise ValueError(f"{state!r} is not a final state.")
         username = getattr(user, "username", "") or ""
         won = self._transition(
             ACTIVE_STATES,
+            audit={
+                "action": "migration.settled_by_hand",
+                "actor": user,
+                "client_address": client_address,
+                "reason": reason,
+                **({"via": via} if via else {}),
+            },
             state=state,
             finished_at=timezone.now(),
             vm_location=vm_location,
@@ -323,13 +397,17 @@ class Migration(AppendOnlyModel):
             self.log("settled", f"Settled by hand by {username} as {state}, VM on {vm_location}: {reason}")
         return won
 
-    def request_cancel(self, user) -> bool:
-        """A queued migration is cancelled at once; a running one is marked
-        `cancelling` and its job aborts libvirt's job."""
+    def request_cancel(self, user, *, via: str = "", client_address: str | None = None) -> bool:
+        """A queued migration is cancelled at once (audited as
+        `migration.cancelled`); a running one is marked `cancelling`
+        (`migration.cancel_requested`) and its job aborts libvirt's job.
+        Either event names the user as actor."""
         username = getattr(user, "username", "") or ""
         user = user if getattr(user, "pk", None) else None
+        asked = {"actor": user, "client_address": client_address, **({"via": via} if via else {})}
         if self._transition(
             (MigrationState.QUEUED,),
+            audit={"action": "migration.cancelled", **asked},
             state=MigrationState.CANCELLED,
             finished_at=timezone.now(),
             cancelled_by=user,
@@ -343,6 +421,7 @@ class Migration(AppendOnlyModel):
             return False
         if self._transition(
             (MigrationState.RUNNING,),
+            audit={"action": "migration.cancel_requested", **asked},
             state=MigrationState.CANCELLING,
             cancelled_by=user,
             cancelled_by_username=username,
@@ -354,6 +433,7 @@ class Migration(AppendOnlyModel):
     def mark_cancelled(self, *, vm_location: str, note: str = "") -> bool:
         won = self._transition(
             ACTIVE_STATES,
+            audit=self._outcome(MigrationState.CANCELLED),
             state=MigrationState.CANCELLED,
             finished_at=timezone.now(),
             vm_location=vm_location,
