@@ -115,8 +115,8 @@ class Lab(Layout):
                 self._daemons.warm()
             with self._step("storage pools, shared dir"):
                 for key in HOSTS:
-                    self._daemons.ensure_pool(key)
                     self._daemons.check_shared_dir(key)
+                    self._daemons.ensure_pool(key)
             with self._step("demo guests defined"):
                 self._guests.define_demo_guests()
             if start_guests:
