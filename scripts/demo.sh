@@ -31,7 +31,7 @@ cat <<MSG
 
   VM Migrator is running at http://$BIND:$PORT/
   Log in as admin / $PASSWORD   (also operator, auditor, security with the same password)
-  Worker log: var/worker.log.  Stop with Ctrl-C; remove the lab with: .venv/bin/python manage.py lab down
+  Worker log: var/worker.log.  Stop with Ctrl-C; remove the lab with: make lab-down
 
 MSG
 .venv/bin/daphne -b "$BIND" -p "$PORT" migrator.asgi:application
