@@ -7,6 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.validators import MaxLengthValidator
 
 from hosts import gateway
 from hosts.inventory import disk_verdicts
@@ -367,3 +370,15 @@ class SettleForm(forms.Form):
     )
     vm_location = forms.CharField(max_length=100, label="Where the VM runs now")
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=2000, label="Reason")
+
+
+class LoginForm(AuthenticationForm):
+    """Django's login form, with the user name capped at the model's length
+    before anything (login throttling included) stores it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = get_user_model()._meta.get_field(get_user_model().USERNAME_FIELD).max_length or 150
+        self.fields["username"].max_length = limit
+        self.fields["username"].validators.append(MaxLengthValidator(limit))
+        self.fields["username"].widget.attrs["maxlength"] = str(limit)

@@ -63,8 +63,16 @@ HEAVY_FIELDS = ("last_sample", "final_stats", "precheck_report", "job_precheck_r
 def parse_local_datetime_end(raw: str, value: dt.datetime) -> dt.datetime:
     """A bare date as the end of a range means the whole of that day."""
     if len(raw.strip()) <= 10:
-        return value + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+        return dt.datetime.combine(value.date(), dt.time.max, value.tzinfo)
     return value
+
+
+# Filters are names and words, never documents: a long one is a typo or an attack
+# (SQLite refuses LIKE patterns over 50 000 bytes).
+FILTER_MAX_LENGTH = 200
+# The years a date filter may name: beyond them the server's time zone cannot
+# turn them into UTC.
+FIRST_YEAR, LAST_YEAR = 1900, 9998
 
 
 END_HELP = "Inclusive; a date alone means the end of that day."
@@ -84,6 +92,7 @@ def _suggested_text_field(datalist: str, help_text: str, label: str | None = Non
     return forms.CharField(
         label=label,
         required=False,
+        max_length=FILTER_MAX_LENGTH,
         widget=forms.TextInput(attrs={"list": datalist}),
         help_text=help_text,
     )
@@ -97,6 +106,11 @@ class DateRangeForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         start_name, end_name = self.range_fields
+        for name in (start_name, end_name):
+            value = cleaned.get(name)
+            if value is not None and not FIRST_YEAR <= value.year <= LAST_YEAR:
+                self.add_error(name, f"Give a date between the years {FIRST_YEAR} and {LAST_YEAR}.")
+                cleaned.pop(name, None)
         start, end = cleaned.get(start_name), cleaned.get(end_name)
         if end is not None:
             end = cleaned[end_name] = parse_local_datetime_end(self.data.get(self.add_prefix(end_name), ""), end)
@@ -113,10 +127,13 @@ class HistoryFilterForm(DateRangeForm):
     q = forms.CharField(
         label="Search",
         required=False,
+        max_length=FILTER_MAX_LENGTH,
         help_text="Words found in the VM name or UUID, host names, usernames or the error message.",
     )
     state = forms.ChoiceField(required=False, choices=[("", "any state"), *MigrationState.choices])
-    vm = forms.CharField(label="VM", required=False, help_text="Part of the VM name or UUID.")
+    vm = forms.CharField(
+        label="VM", required=False, max_length=FILTER_MAX_LENGTH, help_text="Part of the VM name or UUID."
+    )
     source = _suggested_text_field("host-names", "Host name at the time (exact).", "Source host")
     destination = _suggested_text_field("host-names", "Host name at the time (exact).", "Destination host")
     user = _suggested_text_field("usernames", "Username that started or cancelled the migration (exact).")
@@ -129,7 +146,7 @@ class HistoryFilterForm(DateRangeForm):
     )
     tls = forms.ChoiceField(label="TLS", required=False, choices=YES_NO)
     cancelled = forms.ChoiceField(required=False, choices=YES_NO, help_text="Cancelled, or a cancel was requested.")
-    sort = forms.CharField(required=False, widget=forms.HiddenInput)
+    sort = forms.CharField(required=False, max_length=FILTER_MAX_LENGTH, widget=forms.HiddenInput)
 
     def clean_sort(self) -> str:
         value = (self.cleaned_data.get("sort") or "").strip()
@@ -306,12 +323,12 @@ class AuditFilterForm(DateRangeForm):
         "audit-actions",
         "An action such as host.removed, or a prefix ending in a dot or * (host.* for every host action).",
     )
-    actor = forms.CharField(required=False, help_text="Username (exact).")
+    actor = forms.CharField(required=False, max_length=FILTER_MAX_LENGTH, help_text="Username (exact).")
     since = forms.ChoiceField(label="When", required=False, choices=SINCE_CHOICES)
     at_from = _local_datetime_field("From")
     at_to = _local_datetime_field("To", END_HELP)
-    object_type = forms.CharField(required=False, widget=forms.HiddenInput)
-    object_id = forms.CharField(required=False, widget=forms.HiddenInput)
+    object_type = forms.CharField(required=False, max_length=FILTER_MAX_LENGTH, widget=forms.HiddenInput)
+    object_id = forms.CharField(required=False, max_length=FILTER_MAX_LENGTH, widget=forms.HiddenInput)
 
 
 def filter_audit_events(form: AuditFilterForm, queryset: QuerySet | None = None) -> QuerySet:

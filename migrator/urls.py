@@ -4,6 +4,7 @@ from django.urls import URLPattern, URLResolver, include, path
 from django_rq import urls as rq_urls
 
 from . import views
+from .forms import LoginForm
 from .roles import superuser_required
 
 
@@ -20,7 +21,7 @@ def superusers_only(patterns: list) -> list:
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("hosts/", include("migrator.host_urls")),
     path("migrations/", include("migrator.migration_urls")),

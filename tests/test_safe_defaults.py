@@ -329,3 +329,16 @@ async def test_an_open_socket_is_rechecked_on_a_timer(users, settings):
     await sync_to_async(get_user_model().objects.filter(pk=users["auditor"].pk).update)(is_active=False)
     assert (await comm.receive_json_from(timeout=5))["type"] == "revoked"
     assert (await comm.receive_output(timeout=5))["code"] == 4403
+
+
+def test_a_huge_cpu_range_is_refused_before_it_is_built():
+    from hosts.gateway.migration import parse_cpuset
+
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        parse_cpuset("0-999999999999", 2)
+    assert parse_cpuset("1,0-0", 2) == (True, True)
+
+
+def test_a_user_name_longer_than_the_model_allows_is_refused_without_storing_it(client, users):
+    response = client.post(reverse("login"), {"username": "u" * 10_000, "password": "x"})
+    assert response.status_code == 200 and "at most 150 characters" in response.content.decode()

@@ -26,6 +26,20 @@ class CertificateChoiceField(forms.ModelChoiceField):
         return f"{obj.name} — {obj.subject} (until {obj.not_after:%Y-%m-%d})"
 
 
+class HostsChoiceField(forms.ModelMultipleChoiceField):
+    """Host choices whose values are checked as primary keys before the
+    database sees them (a number beyond 64 bits is an error, not a crash)."""
+
+    def _check_values(self, value):
+        for pk in value:
+            text = str(pk).strip()
+            if not text.lstrip("-").isdigit() or not -(2**63) <= int(text) < 2**63:
+                raise forms.ValidationError(
+                    self.error_messages["invalid_pk_value"], code="invalid_pk_value", params={"pk": text[:20]}
+                )
+        return super()._check_values(value)
+
+
 class ProblemFormMixin:
     def add_problem(self, problem: CertificateProblem) -> None:
         name = PROBLEM_FIELDS.get(problem.field, problem.field)
@@ -73,7 +87,7 @@ class CertificateUploadForm(ProblemFormMixin, forms.Form):
         help_text="When renewing: the certificate this one replaces. Hosts using it switch to the new one, and "
         "the old key is destroyed. A host's new migration certificate always replaces its current one.",
     )
-    assign_hosts = forms.ModelMultipleChoiceField(
+    assign_hosts = HostsChoiceField(
         queryset=Host.objects.all(),
         required=False,
         label="Use for hosts",

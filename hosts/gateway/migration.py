@@ -118,6 +118,7 @@ def migrate_flag_names(flags: int) -> list[str]:
 
 def parse_cpuset(cpuset: str, ncpus: int) -> tuple[bool, ...]:
     """'0-1,3' → a libvirt CPU map of `ncpus` booleans."""
+    out_of_range = ValueError(f"CPU list {cpuset[:60]!r} must name CPUs between 0 and {ncpus - 1}.")
     chosen: set[int] = set()
     for part in cpuset.split(","):
         part = part.strip()
@@ -130,9 +131,11 @@ def parse_cpuset(cpuset: str, ncpus: int) -> tuple[bool, ...]:
         low, high = int(bounds[0]), int(bounds[-1])
         if low > high:
             raise ValueError(f"The range {part!r} runs backwards; write it as {high}-{low}.")
+        if high >= ncpus:
+            raise out_of_range  # before a huge range is ever built
         chosen.update(range(low, high + 1))
-    if not chosen or max(chosen) >= ncpus or min(chosen) < 0:
-        raise ValueError(f"CPU list {cpuset!r} must name CPUs between 0 and {ncpus - 1}.")
+    if not chosen:
+        raise out_of_range
     return tuple(i in chosen for i in range(ncpus))
 
 
