@@ -47,17 +47,17 @@ def _record(action: str, **kwargs: Any) -> AuditEvent:
     return AuditEvent.record(action, **kwargs)
 
 
+def _record_login_refusal(action: str, username: str, address: str | None) -> None:
+    """A refused login, named by the user name tried (which may not exist)."""
+    username = str(username or "")[:150]
+    user = User._default_manager.filter(**{User.USERNAME_FIELD: username}).first() if username else None
+    AuditEvent.record(action, obj=user, object_repr=username, details={"username": username}, client_address=address)
+
+
 @receiver(user_login_failed, dispatch_uid="audit_login_failed")
 def login_failed(sender, credentials: dict, request=None, **kwargs) -> None:
-    username = str(credentials.get(User.USERNAME_FIELD) or credentials.get("username") or "")[:150]
-    user = User._default_manager.filter(**{User.USERNAME_FIELD: username}).first() if username else None
-    AuditEvent.record(
-        "auth.login_failed",
-        obj=user,
-        object_repr=username,
-        details={"username": username},
-        client_address=client_address(request),
-    )
+    username = credentials.get(User.USERNAME_FIELD) or credentials.get("username")
+    _record_login_refusal("auth.login_failed", username, client_address(request))
 
 
 @receiver(user_logged_in, dispatch_uid="audit_logged_in")
@@ -126,12 +126,4 @@ def record_role_change(sender, instance, action: str, reverse: bool, model, pk_s
 @receiver(user_locked_out, dispatch_uid="audit_locked_out")
 def locked_out(sender, request=None, username: str = "", ip_address: str | None = None, **kwargs) -> None:
     """django-axes refused a login after too many wrong passwords."""
-    username = str(username or "")[:150]
-    user = User._default_manager.filter(**{User.USERNAME_FIELD: username}).first() if username else None
-    AuditEvent.record(
-        "auth.locked_out",
-        obj=user,
-        object_repr=username,
-        details={"username": username},
-        client_address=ip_address or client_address(request),
-    )
+    _record_login_refusal("auth.locked_out", username, ip_address or client_address(request))
