@@ -17,6 +17,7 @@ from hosts.models import Host, VirtualMachine
 
 from .audit.requests import audit
 from .models import Migration
+from .planning import learning
 from .planning.dirtyrate import vm_dirty_rate_context
 from .roles import OPERATORS, role_required, sees_migrations, superuser_required
 
@@ -26,12 +27,18 @@ def host_detail(request: HttpRequest, pk: int) -> HttpResponse:
     host = get_object_or_404(Host, pk=pk)
     vms = list(host.vms.all())
     active = {m.vm_uuid: m for m in Migration.objects.active().filter(vm_uuid__in=[vm.uuid for vm in vms])}
-    if not sees_migrations(request.user):
+    sees = sees_migrations(request.user)
+    if not sees:
         active = dict.fromkeys(active, True)  # "migrating", without the record
     return render(
         request,
         "hosts/detail.html",
-        {"host": host, "vms": [(vm, active.get(vm.uuid)) for vm in vms], "info": host.info},
+        {
+            "host": host,
+            "vms": [(vm, active.get(vm.uuid)) for vm in vms],
+            "info": host.info,
+            "learned": learning.learned_from(host.name) if sees else [],
+        },
     )
 
 
@@ -58,7 +65,13 @@ def vm_detail(request: HttpRequest, pk: int) -> HttpResponse:
     sees = sees_migrations(request.user)
     migrations = Migration.objects.for_vm(vm.uuid)[:20] if sees else []
     active = Migration.objects.active().for_vm(vm.uuid).first()
-    context = {"vm": vm, "disks": disks, "migrations": migrations, "active": active}
+    context = {
+        "vm": vm,
+        "disks": disks,
+        "migrations": migrations,
+        "active": active,
+        "prediction_history": learning.vm_history(vm.uuid) if sees else [],
+    }
     context.update(vm_dirty_rate_context(request, vm))
     return render(request, "hosts/vm.html", context)
 

@@ -54,6 +54,9 @@ def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphn
     prediction = browser.find_element(By.ID, "prediction").text
     assert "Converges." in prediction and "total time" in prediction.lower(), prediction
     assert "has not been migrated before" in prediction, prediction
+    # How sure: a range next to the point estimate, the model's own before any history.
+    assert browser.find_element(By.ID, "predicted-range").text.startswith("likely "), prediction
+    assert "No earlier pre-copy migration to learn from yet" in prediction, prediction
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "review.png"))
     start.click()
@@ -63,13 +66,14 @@ def test_it_measures_predicts_migrates_and_compares(lab, lab_hosts, guest, daphn
     )
     summary = WebDriverWait(browser, 60).until(ec.visibility_of_element_located((By.ID, "summary")))
     assert "Succeeded" in summary.text
-    assert "Predicted:" in summary.text
+    assert "Predicted:" in summary.text and "(likely " in summary.text, summary.text
     time.sleep(1)  # let Bootstrap's width transition finish before the picture
     browser.save_screenshot(str(SCREENSHOTS / "migration.png"))
     # Compare: the finished migration's page sets predicted against actual.
     browser.refresh()
     table = wait.until(ec.visibility_of_element_located((By.ID, "predicted-vs-actual"))).text
     assert "total time" in table.lower() and "converges" in table, table
+    assert browser.find_element(By.ID, "record-range").text.startswith("likely "), table
     migration = Migration.objects.get(vm_name="web-shared")
     assert migration.state == "succeeded" and migration.samples.exists()
     assert migration.prediction["available"] and migration.prediction["plan"]["verdict"] == "converges"

@@ -477,6 +477,73 @@ def evaluate(inp: PlanInput) -> Plan:
     )
 
 
+@dataclass(frozen=True)
+class PredictedRange:
+    """How sure a prediction is: the total time between `low_s` and `high_s`
+    (None: no end, the guest may never converge), around `estimate_s`."""
+
+    estimate_s: float
+    low_s: float | None
+    high_s: float | None
+    too_close: bool  # converges at one end of the dirty-rate spread, not at the other
+    verdict_low: Verdict
+    verdict_high: Verdict
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "estimate_s": round(self.estimate_s, 3),
+            "low_s": None if self.low_s is None else round(self.low_s, 3),
+            "high_s": None if self.high_s is None else round(self.high_s, 3),
+            "too_close": self.too_close,
+            "verdict_low": self.verdict_low.value,
+            "verdict_high": self.verdict_high.value,
+        }
+
+
+def dirty_spread(rates: list[float]) -> tuple[float, float]:
+    """The p10 and p90 of the dirty-rate readings, as multiples of their mean:
+    (1, 1) for a single reading."""
+    if len(rates) < 2 or statistics.mean(rates) <= 0:
+        return 1.0, 1.0
+    mean = statistics.mean(rates)
+    if len(rates) == 2:
+        return min(rates) / mean, max(rates) / mean
+    cuts = statistics.quantiles(rates, n=10, method="inclusive")
+    return cuts[0] / mean, cuts[-1] / mean
+
+
+def predicted_range(
+    inp: PlanInput,
+    nominal: Plan,
+    *,
+    dirty: tuple[float, float] = (1.0, 1.0),
+    residual: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> PredictedRange:
+    """The model at the low and the high end of the dirty-rate spread, each
+    times the matching end of the learned residuals (factor, p10, p90):
+    low = T(p10 rate) × r10, high = T(p90 rate) × r90, estimate = T × factor.
+    A guest that converges at one end and not at the other is too close to call."""
+    factor, r_low, r_high = residual
+
+    def at(scale: float) -> Plan:
+        return evaluate(replace(inp, dirty_scale=inp.dirty_scale * scale, rate_margin=0.0))
+
+    low_plan, high_plan = at(dirty[0]), at(dirty[1])
+    estimate = nominal.total_time_s * factor
+    converges_low = low_plan.verdict is not Verdict.WILL_NOT_CONVERGE
+    converges_high = high_plan.verdict is not Verdict.WILL_NOT_CONVERGE
+    low = min(low_plan.total_time_s * r_low, estimate) if converges_low else None
+    high = max(high_plan.total_time_s * r_high, estimate) if converges_high else None
+    return PredictedRange(
+        estimate_s=estimate,
+        low_s=low,
+        high_s=high,
+        too_close=converges_low != converges_high or (nominal.verdict is Verdict.WILL_NOT_CONVERGE and converges_low),
+        verdict_low=low_plan.verdict,
+        verdict_high=high_plan.verdict,
+    )
+
+
 def _nice_up(x: float) -> float:
     """Round up to two significant digits (1234 -> 1300) so values read well in a UI."""
     if x <= 0:

@@ -14,7 +14,7 @@ from hosts.models import Host, VirtualMachine
 
 from ..models import Migration, MigrationState
 from ..parameters import MigrationParameters
-from . import planner
+from . import learning, planner
 from .dirtyrate import latest_series
 
 # The learned link speed needs this many finished uncapped migrations.
@@ -132,6 +132,18 @@ def predict_for(
         switchover_overhead_ms=inp.switchover_overhead_ms if overhead_ms is None else overhead_ms,
     )
     result = planner.plan(inp)
+    # What earlier migrations of this kind taught: a correction and a spread.
+    lesson = learning.learned(vm.host.name, destination.name, learning.option_key(parameters))
+    spread = planner.predicted_range(
+        inp,
+        result,
+        dirty=planner.dirty_spread([m.dirty_rate_mib_s for m in series]),
+        residual=(lesson.factor, lesson.low, lesson.high),
+    )
+    plan = result.as_dict()
+    model_total_s = plan["total_time_s"]
+    if result.verdict is not planner.Verdict.WILL_NOT_CONVERGE:
+        plan["total_time_s"] = round(spread.estimate_s, 3)
     return {
         "available": True,
         "dirty_rate_mib_s": round(dirty, 3),
@@ -140,7 +152,11 @@ def predict_for(
         "bandwidth_source": source,
         "zero_page_fraction": round(zero, 3),
         "zero_pages_known": learned_zero is not None,
-        "plan": result.as_dict(),
+        "plan": plan,
+        # The model's own figure: what the next migration's lesson is measured against.
+        "model_total_time_s": model_total_s,
+        "range": spread.as_dict(),
+        "learned": lesson.as_dict(),
         "form_changes": [form_changes(r, result) for r in result.recommendations],
     }
 

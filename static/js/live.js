@@ -13,6 +13,16 @@
   }
   function text(id, value) { var el = document.getElementById(id); if (el) el.textContent = value; }
 
+  // The review's predicted range of the total time, as time left now.
+  function predictedLeft(prediction, elapsedMs) {
+    var r = prediction && prediction.range;
+    if (!r || r.low_s === undefined) return "";
+    var left = function (s) { return Math.max(0, s * 1000 - (elapsedMs || 0)); };
+    var low = r.low_s === null ? "?" : fmtS(left(r.low_s));
+    var high = r.high_s === null ? "no end" : fmtS(left(r.high_s));
+    return "predicted " + low + " – " + high + (r.too_close ? " (too close to call)" : "");
+  }
+
   function socket(path, handlers) {
     var delay = 500, ws = null, closedByUs = false;
     var status = document.getElementById("live-status");
@@ -173,6 +183,7 @@
       var speed = s.throughput_mib_s + (s.disk_throughput_mib_s || 0);
       var eta = a.sized && speed > 0 ? 1000 * (a.left / MIB) / speed : null;
       if (state.in_flight) text("stat-eta", eta === null ? "—" : "~" + fmtS(eta));
+      text("stat-eta-range", state.in_flight ? predictedLeft(state.prediction, s.elapsed_ms) : "");
       text("stat-throughput", s.throughput_mib_s.toFixed(1) + " MiB/s");
       text("stat-disk-throughput", (s.disk_throughput_mib_s || 0).toFixed(1) + " MiB/s");
       text("stat-dirty", s.dirty_rate_mib_s.toFixed(1) + " MiB/s");
