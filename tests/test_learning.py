@@ -45,6 +45,8 @@ def test_the_dirty_spread_is_p10_and_p90_over_the_mean():
     assert (low, high) == pytest.approx((14 / 30, 46 / 30))
     assert planner.dirty_spread([8, 12]) == pytest.approx((0.8, 1.2))
     assert planner.dirty_spread([5]) == (1.0, 1.0)
+    # A window between two bursts reads 0: the quiet end is very quiet, not nothing.
+    assert planner.dirty_spread([0, 0, 6, 6]) == pytest.approx((planner.MIN_DIRTY_SCALE, 2.0))
 
 
 def test_the_range_is_the_model_at_both_ends_times_the_residuals():

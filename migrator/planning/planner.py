@@ -64,6 +64,9 @@ MULTIFD_GAIN_MAX = 1.25
 # measured rate but stalls at 20 % more is too close to call, and reported as not converging.
 RATE_MARGIN = 0.2
 
+# The quietest end of a dirty-rate spread: dirty_scale must stay positive.
+MIN_DIRTY_SCALE = 0.01
+
 DETAIL_LIMIT = 100  # passes kept in iterations_detail; the counters stay exact
 HARD_PASS_LIMIT = 100_000  # safety net when a timeout keeps the loop going
 TIMEOUT_ACTIONS = ("suspend", "postcopy", "abort")
@@ -502,14 +505,17 @@ class PredictedRange:
 
 def dirty_spread(rates: list[float]) -> tuple[float, float]:
     """The p10 and p90 of the dirty-rate readings, as multiples of their mean:
-    (1, 1) for a single reading."""
+    (1, 1) for a single reading. A reading of 0 (a window between two bursts)
+    counts as a very quiet guest, never as none at all."""
     if len(rates) < 2 or statistics.mean(rates) <= 0:
         return 1.0, 1.0
     mean = statistics.mean(rates)
     if len(rates) == 2:
-        return min(rates) / mean, max(rates) / mean
-    cuts = statistics.quantiles(rates, n=10, method="inclusive")
-    return cuts[0] / mean, cuts[-1] / mean
+        low, high = min(rates), max(rates)
+    else:
+        cuts = statistics.quantiles(rates, n=10, method="inclusive")
+        low, high = cuts[0], cuts[-1]
+    return max(low / mean, MIN_DIRTY_SCALE), high / mean
 
 
 def predicted_range(
