@@ -342,3 +342,16 @@ def test_a_huge_cpu_range_is_refused_before_it_is_built():
 def test_a_user_name_longer_than_the_model_allows_is_refused_without_storing_it(client, users):
     response = client.post(reverse("login"), {"username": "u" * 10_000, "password": "x"})
     assert response.status_code == 200 and "at most 150 characters" in response.content.decode()
+
+
+def test_volume_xml_is_built_from_names_as_data(test_host):
+    """A disk name taken from a domain's XML cannot inject XML into libvirt's
+    volume definition: quotes, brackets and ampersands stay part of the name."""
+    hostile = "/default-pool/a'b\"<c>&d.img"
+    gateway.create_volume("test:///default", hostile, "raw", 2**20)
+    try:
+        conn = libvirt.open("test:///default")
+        assert conn.storagePoolLookupByName("default-pool").storageVolLookupByName("a'b\"<c>&d.img")
+        assert gateway.path_info("test:///default", hostile).exists
+    finally:
+        gateway.delete_volume("test:///default", hostile)
