@@ -8,7 +8,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import CommandError
 
-from hosts import inventory
+from hosts import gateway, inventory
+from hosts.connection import connect_uri
 from hosts.lab import Lab, LabError
 from hosts.models import Host
 from migrator.executor import Executor
@@ -41,7 +42,9 @@ def queue_on_lab(source: Host, destination: Host, user, guest: str, prediction_f
     """Queue a migration of `guest` exactly as the wizard would, with `overrides`."""
     inventory.refresh_host(source)
     vm = source.vms.get(name=guest)
-    form = MigrationForm(MigrationForm.defaults(vm, destination, **overrides), vm=vm)
+    # What the host offers (compression methods among them), as the wizard reads it.
+    features = gateway.migration_features(connect_uri(source), vm.uuid)
+    form = MigrationForm(MigrationForm.defaults(vm, destination, **overrides), vm=vm, features=features)
     if not form.is_valid():
         raise CommandError(f"{guest}: {form.errors.as_text()}")
     prediction = prediction_for(vm, destination, form.parameters()) if prediction_for else {}

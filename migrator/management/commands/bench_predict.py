@@ -1,6 +1,9 @@
 """How right are the predictions? Runs a matrix of real lab migrations
-(dirty rates × bandwidth caps, repeated): measures the dirty rate first,
-predicts, migrates, and compares predicted with actual."""
+(guest size × dirtying pattern × cap × downtime × option): measures the dirty
+rate first, predicts, migrates, and compares predicted with actual, per case,
+per option and overall, with a 95 % interval on the bad share. Each finished
+run also teaches the predictor (migrator.planning.learning), as a site's
+own migrations would."""
 
 from __future__ import annotations
 
@@ -18,17 +21,49 @@ from ._lab import bench_user, lab_with_hosts, queue_on_lab, run_here
 
 BAD_ERROR_PCT = 25.0
 
+# The options the predictor must hold on, as the wizard's form fields.
+OPTIONS = {
+    "pre-copy": {},
+    "auto-converge": {"auto_converge": True},
+    "multifd": {"parallel_connections": 2},
+    "xbzrle": {"compression": "xbzrle"},
+}
+# Guest size (MiB) × dirtying (MiB per write, writes per second) × cap (MiB/s)
+# × downtime (ms): a fractional design that varies each factor against a base
+# case, run under every option. Rates are MiB rewritten per second.
+SHAPES = (
+    {"memory": 256, "dirty": 4, "writes": 1, "cap": 32, "downtime": 300},
+    {"memory": 256, "dirty": 24, "writes": 1, "cap": 32, "downtime": 300},
+    {"memory": 256, "dirty": 12, "writes": 4, "cap": 16, "downtime": 300},
+    {"memory": 512, "dirty": 12, "writes": 1, "cap": 32, "downtime": 300},
+    {"memory": 256, "dirty": 24, "writes": 4, "cap": 32, "downtime": 1000},
+    {"memory": 256, "dirty": 0, "writes": 1, "cap": 16, "downtime": 300},
+    {"memory": 512, "dirty": 24, "writes": 4, "cap": 16, "downtime": 1000},
+)
+QUICK = ((0, "pre-copy"), (1, "auto-converge"), (2, "multifd"), (4, "xbzrle"))
+
+
+def wilson_interval(bad: int, runs: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a share, in per cent."""
+    if runs == 0:
+        return float("nan"), float("nan")
+    share = bad / runs
+    centre = (share + z * z / (2 * runs)) / (1 + z * z / runs)
+    half = z * ((share * (1 - share) / runs + z * z / (4 * runs * runs)) ** 0.5) / (1 + z * z / runs)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
 
 class Command(BaseCommand):
-    help = "Benchmark the convergence planner against real lab migrations."
+    help = (
+        "Benchmark the predictor against real lab migrations: guest size × dirtying pattern × cap × "
+        "downtime × option (about 40 minutes; --quick: one case per option)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--dirty", default="0,4,12,24,40", help="MiB rewritten per second by the guests")
-        parser.add_argument("--bandwidth", default="16,32", help="bandwidth caps, MiB/s")
-        parser.add_argument("--repeat", type=int, default=2)
-        parser.add_argument("--memory", type=int, default=256, help="guest memory, MiB")
-        parser.add_argument("--max-downtime", type=int, default=300, help="ms")
-        parser.add_argument("--timeout", type=int, default=45, help="abort a run after this many seconds")
+        parser.add_argument("--quick", action="store_true", help="one case per option (about 5 minutes)")
+        parser.add_argument("--options", default=",".join(OPTIONS), help="options to run, comma-separated")
+        parser.add_argument("--repeat", type=int, default=1)
+        parser.add_argument("--timeout", type=int, default=60, help="abort a run after this many seconds")
         parser.add_argument("--window", type=int, default=1, help="dirty-rate window, s")
         parser.add_argument("--rounds", type=int, default=3, help="rounds of the 1×/2×/4× window curve")
 
@@ -36,22 +71,27 @@ class Command(BaseCommand):
         self.verbosity = o["verbosity"]
         lab, a, b = lab_with_hosts()
         user = bench_user()
+        wanted = [name.strip() for name in o["options"].split(",") if name.strip()]
+        cases = QUICK if o["quick"] else [(i, opt) for opt in wanted for i in range(len(SHAPES))]
+        cases = [(i, opt) for i, opt in cases if opt in wanted]
         rows = []
-        dirty_rates = [int(x) for x in o["dirty"].split(",")]
-        caps = [int(x) for x in o["bandwidth"].split(",")]
         self.stdout.write(
-            f"{'guest':>10} {'cap':>4} {'dirty':>6} | {'pred s':>7} {'act s':>7} {'err %':>6} | "
-            f"{'pred dt':>7} {'act dt':>7} | {'predicted':>19} {'outcome':>9}"
+            f"{'option':>13} {'MiB':>4} {'dirty':>5} {'w/s':>3} {'cap':>4} {'dt':>5} | {'pred s':>7} "
+            f"{'range':>11} {'act s':>7} {'err %':>6} | {'pred dt':>7} {'act dt':>7} | {'outcome':>9}"
         )
-        for dirty in dirty_rates:
-            name = f"bench-d{dirty}"
-            lab.define_guest(name, o["memory"], dirty_mb=dirty)
+        for shape_index in sorted({i for i, _ in cases}):
+            shape = SHAPES[shape_index]
+            name = f"bench-s{shape_index}"
+            writes = max(1, shape["writes"])
+            lab.define_guest(name, shape["memory"], dirty_mb=shape["dirty"] // writes, dirty_sleep=1 / writes)
             try:
                 # One uncapped migration teaches the planner the link and the guest's zero pages.
                 self._calibrate(lab, a, b, user, name)
-                for cap in caps:
+                for index, option in cases:
+                    if index != shape_index:
+                        continue
                     for _ in range(o["repeat"]):
-                        row = self._run(lab, a, b, user, name, cap, o)
+                        row = self._run(lab, a, b, user, name, shape, option, o)
                         rows.append(row)
                         self._print(row)
             finally:
@@ -65,7 +105,7 @@ class Command(BaseCommand):
         time.sleep(2)
         run_here(queue_on_lab(a, b, user, name, max_downtime_ms=300))
 
-    def _run(self, lab, a, b, user, name, cap, o) -> dict:
+    def _run(self, lab, a, b, user, name, shape, option, o) -> dict:
         lab.reset_guest(name)
         time.sleep(2)  # let the dirty loop settle
         inventory.refresh_host(a)
@@ -81,10 +121,11 @@ class Command(BaseCommand):
             user,
             name,
             prediction_for=predict_for,
-            max_downtime_ms=o["max_downtime"],
-            bandwidth_mib_s=cap,
+            max_downtime_ms=shape["downtime"],
+            bandwidth_mib_s=shape["cap"],
             timeout_s=o["timeout"],
             timeout_action="abort",
+            **OPTIONS[option],
         )
         prediction = migration.prediction
         migration = run_here(migration)
@@ -96,9 +137,21 @@ class Command(BaseCommand):
             error_pct = 100 * abs(predicted_s - actual_s) / actual_s
         predicted_ok = plan.get("verdict") in ("converges", "converges_with_help")
         verdict_right = predicted_ok == (migration.state == "succeeded")
+        spread = prediction.get("range") or {}
+        inside = (
+            actual_s is not None
+            and migration.state == "succeeded"
+            and (spread.get("low_s") or 0) <= actual_s <= (spread.get("high_s") or float("inf"))
+        )
         return {
             "guest": name,
-            "cap": cap,
+            "option": option,
+            "shape": shape,
+            "low_s": spread.get("low_s"),
+            "high_s": spread.get("high_s"),
+            "inside": inside,
+            "learned": (prediction.get("learned") or {}).get("samples", 0),
+            "cap": shape["cap"],
             "dirty": prediction.get("dirty_rate_mib_s", 0.0),
             "readings": measured,
             "predicted_s": predicted_s,
@@ -119,11 +172,14 @@ class Command(BaseCommand):
         def num(x, fmt):
             return format(x, fmt) if x is not None else "—"
 
+        shape = r["shape"]
+        spread = f"{num(r['low_s'], '.0f')}-{num(r['high_s'], '.0f')}"
         self.stdout.write(
-            f"{r['guest']:>10} {r['cap']:>4} {r['dirty']:>6.1f} | {num(r['predicted_s'], '7.1f')} "
+            f"{r['option']:>13} {shape['memory']:>4} {r['dirty']:>5.1f} {shape['writes']:>3} {r['cap']:>4} "
+            f"{shape['downtime']:>5} | {num(r['predicted_s'], '7.1f')} {spread:>11} "
             f"{num(r['actual_s'], '7.1f')} {num(r['error_pct'], '6.1f')} | "
             f"{num(r['predicted_downtime_ms'], '7.0f')} {num(r['actual_downtime_ms'], '7.0f')} | "
-            f"{r['verdict']:>19} {r['outcome']:>9}{'  BAD' if r['bad'] else ''}"
+            f"{r['outcome']:>9}{'' if r['inside'] else ' out'}{'  BAD' if r['bad'] else ''}"
         )
         if self.verbosity > 1:
             self.stdout.write(
@@ -132,7 +188,20 @@ class Command(BaseCommand):
             )
 
     def _summary(self, rows: list[dict]) -> None:
-        errors = [r["error_pct"] for r in rows if r["error_pct"] is not None]
-        median_error = statistics.median(errors) if errors else float("nan")
-        bad_pct = 100 * sum(r["bad"] for r in rows) / len(rows) if rows else float("nan")
-        self.stdout.write(f"runs={len(rows)} median_abs_error_pct={median_error:.1f} bad_pct={bad_pct:.1f}")
+        def median_error(subset: list[dict]) -> float:
+            errors = [r["error_pct"] for r in subset if r["error_pct"] is not None]
+            return statistics.median(errors) if errors else float("nan")
+
+        self.stdout.write(f"{'option':>13} {'runs':>4} {'median err %':>12} {'bad %':>6} {'in range %':>10}")
+        for option in sorted({r["option"] for r in rows}):
+            subset = [r for r in rows if r["option"] == option]
+            bad = 100 * sum(r["bad"] for r in subset) / len(subset)
+            inside = 100 * sum(r["inside"] for r in subset) / len(subset)
+            self.stdout.write(
+                f"{option:>13} {len(subset):>4} {median_error(subset):>12.1f} {bad:>6.1f} {inside:>10.1f}"
+            )
+        bad_count = sum(r["bad"] for r in rows)
+        bad_pct = 100 * bad_count / len(rows) if rows else float("nan")
+        low, high = wilson_interval(bad_count, len(rows))
+        self.stdout.write(f"bad share {bad_pct:.1f} % (95 % interval {low:.1f}-{high:.1f} %)")
+        self.stdout.write(f"runs={len(rows)} median_abs_error_pct={median_error(rows):.1f} bad_pct={bad_pct:.1f}")
