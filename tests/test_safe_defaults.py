@@ -355,3 +355,15 @@ def test_volume_xml_is_built_from_names_as_data(test_host):
         assert gateway.path_info("test:///default", hostile).exists
     finally:
         gateway.delete_volume("test:///default", hostile)
+
+
+def test_behind_a_proxy_the_forwarded_address_is_audited_and_throttled(client, users, settings):
+    settings.AXES_IPWARE_PROXY_COUNT = 1
+    settings.AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
+    client.post(
+        reverse("login"),
+        {"username": "olivia", "password": "wrong"},
+        REMOTE_ADDR="10.0.0.1",
+        HTTP_X_FORWARDED_FOR="203.0.113.7, 10.0.0.1",
+    )
+    assert AuditEvent.objects.get(action="auth.login_failed").client_address == "203.0.113.7"

@@ -3,14 +3,18 @@ acts and from where."""
 
 from __future__ import annotations
 
+from axes.helpers import get_client_ip_address
+
 from .models import AuditEvent
 
 
 def client_address(request) -> str | None:
+    """The client's address as login throttling counts it: REMOTE_ADDR, or
+    behind a TLS proxy (AXES_IPWARE_PROXY_COUNT) the one it forwarded."""
     # Signals may hand over no request (a login from a management command).
     if request is None:
         return None
-    return request.META.get("REMOTE_ADDR") or None
+    return get_client_ip_address(request) or None
 
 
 def audit(request, action: str, obj=None, **details) -> AuditEvent:
