@@ -8,7 +8,8 @@ under auto-converge's throttle...). Residuals are kept per host pair and per
 option set, read from the records themselves (so every worker, on every
 machine, learns the same), and used twice:
 
-- the median corrects the next prediction of the same kind (`factor`);
+- the median, shrunk toward 1 while there are few, corrects the next
+  prediction of the same kind (`factor`);
 - their spread, with the spread of the dirty-rate readings, gives the
   predicted range (`prediction.predict_for`).
 
@@ -34,6 +35,10 @@ MIN_FOR_SPREAD = 3
 DEFAULT_SPREAD = (0.8, 1.3)
 # A ratio beyond these is a broken record (a stall, a paused guest), not a lesson.
 RATIO_LIMITS = (0.2, 5.0)
+# How far a few residuals move the prediction: the median is shrunk toward 1
+# (the model as it is) by n / (n + SHRINK), so one noisy migration moves the
+# next prediction a third of the way, ten move it most of the way.
+SHRINK = 2
 
 
 def option_key(parameters: MigrationParameters | dict[str, Any]) -> str:
@@ -105,6 +110,12 @@ def _residuals(**filters: Any) -> dict[str, list[float]]:
     return by_key
 
 
+def shrunk_factor(ratios: list[float]) -> float:
+    """The median residual, pulled toward 1 by SHRINK pseudo-observations."""
+    n = len(ratios)
+    return 1.0 + (statistics.median(ratios) - 1.0) * n / (n + SHRINK)
+
+
 def learned(source_name: str, destination_name: str, key: str) -> Learned:
     """What earlier migrations of the same kind taught: first between the same
     two hosts, else between any hosts; with no history, the model as it is."""
@@ -115,7 +126,7 @@ def learned(source_name: str, destination_name: str, key: str) -> Learned:
         ratios = _residuals(**filters).get(key, [])
         if ratios:
             low, high = _quantiles(ratios)
-            factor = statistics.median(ratios)
+            factor = shrunk_factor(ratios)
             return Learned(key, len(ratios), factor, min(low, factor), max(high, factor), scope)
     return Learned(key, 0, 1.0, *DEFAULT_SPREAD, "none")
 
@@ -137,7 +148,7 @@ def learned_from(source_name: str) -> list[dict[str, Any]]:
                     "destination": destination,
                     "key": key,
                     "samples": len(ratios),
-                    "factor": statistics.median(ratios),
+                    "factor": shrunk_factor(ratios),
                     "low": low,
                     "high": high,
                     "spread_known": len(ratios) >= MIN_FOR_SPREAD,

@@ -173,7 +173,7 @@ class Command(BaseCommand):
             return format(x, fmt) if x is not None else "—"
 
         shape = r["shape"]
-        spread = f"{num(r['low_s'], '.0f')}-{num(r['high_s'], '.0f')}"
+        spread = f"{num(r['low_s'], '.1f')}-{num(r['high_s'], '.1f')}"
         self.stdout.write(
             f"{r['option']:>13} {shape['memory']:>4} {r['dirty']:>5.1f} {shape['writes']:>3} {r['cap']:>4} "
             f"{shape['downtime']:>5} | {num(r['predicted_s'], '7.1f')} {spread:>11} "
