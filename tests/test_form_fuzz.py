@@ -70,6 +70,8 @@ from migrator.prechecks import PASS, Report
 from migrator.wizard import StepChoice
 from tests import pki
 from tests.conftest import PASSWORD
+from tests.test_migration_form import _disk
+from tests.test_migration_model import make_migration as _make_migration
 
 pytestmark = pytest.mark.django_db
 
@@ -330,20 +332,7 @@ def pool_for(field: forms.Field | None) -> list:
 
 
 def disk(target: str, source: str, **extra) -> dict:
-    return {
-        "target": target,
-        "device": "disk",
-        "type": "file",
-        "source": source,
-        "format": "qcow2",
-        "bus": "virtio",
-        "capacity_bytes": 64 * 2**20,
-        "allocation_bytes": 0,
-        "shareable": False,
-        "readonly": False,
-        "protocol": "",
-        **extra,
-    }
+    return _disk(target, source, **extra)
 
 
 def nic(type_: str, source: str, mac: str) -> dict:
@@ -351,19 +340,9 @@ def nic(type_: str, source: str, mac: str) -> dict:
 
 
 def make_migration(**fields) -> Migration:
-    values = {
-        "vm_uuid": "11111111-1111-1111-1111-111111111111",
-        "vm_name": "web",
-        "vm_memory_kib": 262144,
-        "source_name": "fuzz-a",
-        "source_uri": "test:///default",
-        "destination_name": "fuzz-b",
-        "destination_uri": "test:///default",
-        "storage_class": "shared",
-        "started_by_username": "olivia",
-    }
-    values.update(fields)
-    return Migration.objects.create(**values)
+    """A record between the fuzz's two test-driver hosts."""
+    where = {"source_name": "fuzz-a", "source_uri": "test:///default", "destination_name": "fuzz-b"}
+    return _make_migration(**{**where, "destination_uri": "test:///default", **fields})
 
 
 @pytest.fixture

@@ -111,6 +111,9 @@ def test_it_learns_per_host_pair_and_option_then_from_every_pair(vm, test_host):
 
 def test_outliers_and_records_without_a_prediction_teach_nothing(vm, test_host):
     _finished(vm, test_host, model_s=10, actual_s=120)  # a stall or a paused guest: 12x
+    first = _finished(vm, test_host, model_s=10, actual_s=14)
+    first.prediction["zero_pages_known"] = False  # the VM's first migration: the model did not know its zero pages
+    Migration.objects.filter(pk=first.pk).update(prediction=first.prediction)
     plain = make_migration(vm_uuid="other", source_name=test_host.name, destination_name="b")
     plain.claim(1, "h")
     plain.finish({"time_elapsed": 5000})
@@ -118,8 +121,13 @@ def test_outliers_and_records_without_a_prediction_teach_nothing(vm, test_host):
 
 
 def test_learning_moves_the_next_prediction_toward_the_actual(vm, test_host):
+    # An earlier migration taught the VM's zero pages (none), as the lab's first migration would.
+    earlier = make_migration(vm_uuid=vm.uuid, source_name="elsewhere", parameters={"bandwidth_mib_s": 100})
+    earlier.claim(1, "h")
+    earlier.finish({"time_elapsed": 5000, "memory_total": 2**33, "memory_constant": 0, "memory_page_size": 4096})
     measure(vm, 4, 5, 6)
     first = predict_for(vm, test_host, {"bandwidth_mib_s": 100})
+    assert first["zero_pages_known"]
     assert first["learned"]["samples"] == 0 and first["range"]["low_s"] < first["plan"]["total_time_s"]
     model_s = first["model_total_time_s"]
     actual_s = model_s * 1.25  # the site is slower than the model

@@ -65,6 +65,10 @@ def residual(migration: Migration) -> float | None:
     prediction = migration.prediction or {}
     if migration.state != MigrationState.SUCCEEDED or not prediction.get("available"):
         return None
+    if prediction.get("zero_pages_known") is False:
+        # A VM's first migration: the model did not know its zero pages yet, and
+        # the next prediction will; the miss would teach the wrong lesson.
+        return None
     model_s = prediction.get("model_total_time_s") or (prediction.get("plan") or {}).get("total_time_s")
     if not model_s or not migration.total_time_ms:
         return None
