@@ -28,9 +28,11 @@ OPTIONS = {
     "multifd": {"parallel_connections": 2},
     "xbzrle": {"compression": "xbzrle"},
 }
-# Guest size (MiB) × dirtying (MiB per write, writes per second) × cap (MiB/s)
-# × downtime (ms): a fractional design that varies each factor against a base
-# case, run under every option. Rates are MiB rewritten per second.
+# Guest size (MiB) × dirtying × cap (MiB/s) × downtime (ms): a fractional
+# design that varies each factor against a base case, run under every option.
+# Dirtying: `dirty` MiB rewritten per second, as `writes` rewrites a second of
+# a working set of dirty / writes MiB (writes > 1: a small set kept hot, whose
+# unique dirtying over a window is far below the rewrite rate).
 SHAPES = (
     {"memory": 256, "dirty": 4, "writes": 1, "cap": 32, "downtime": 300},
     {"memory": 256, "dirty": 24, "writes": 1, "cap": 32, "downtime": 300},
