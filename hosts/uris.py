@@ -333,4 +333,5 @@ def require_allowed(uri: str, *, host_name: str, what: str = "libvirt URI") -> s
     raise GatewayError(
         f"The {what} of {host_name} is not allowed, so it is not opened: {problem} Edit the host to change it.",
         uri=uri,
+        extra={"refused_uri": True},  # never tried: not a host that does not answer
     )

@@ -304,3 +304,17 @@ def test_the_executor_refuses_a_hostile_peer_uri_before_libvirt(monkeypatch, no_
     assert caught.value.message.startswith("The peer URI of b is not allowed")
     assert "command=" in caught.value.message
     assert runs == [] and no_libvirt == []
+
+
+def test_the_pre_checks_name_a_refused_uri_as_refused_not_as_silent(test_host):
+    from migrator.prechecks import run_prechecks
+
+    vm = test_host.vms.get(name="test")
+    for peer in ("", "qemu+tcp://h/system"):  # refused as the peer URI, then as the URI the dashboard opens
+        hostile = Host.objects.create(
+            name=f"hostile{peer[:4]}", uri="qemu+ssh://h/system?command=/tmp/x", peer_uri=peer
+        )
+        report = run_prechecks(vm, test_host, hostile, {})
+        check = report.failures[0]
+        assert check.name == ("destination reachable" if peer else "destination peer URI")
+        assert "is not allowed" in check.message and "does not answer" not in check.message

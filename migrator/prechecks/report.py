@@ -95,6 +95,6 @@ def unreachable(host: Host, error: gateway.GatewayError) -> str:
     """A host that did not answer, in plain words."""
     if error.no_answer_s is not None:
         return error.naming(host.name).message
-    if error.code is None and "is not allowed, so it is not opened" in error.message:
+    if error.extra.get("refused_uri"):
         return error.message  # refused by the allow-list: never tried
     return f"{host.name} does not answer: {error.message} {error.hint}".strip()
