@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
@@ -55,6 +56,17 @@ class Host(models.Model):
         "(NFS etc.) mounted at the same path on every host.",
     )
     enabled = models.BooleanField(default=True)
+    # Maintenance: no new migration may go to this host; evacuation sets it.
+    in_maintenance = models.BooleanField(default=False)
+    maintenance_since = models.DateTimeField(null=True, blank=True)
+    # Concurrent migrations out of and into this host; empty: the site's
+    # MIGRATION_MAX_OUTGOING / MIGRATION_MAX_INCOMING.
+    max_outgoing = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Migrations this host may send at once. Empty: the site default."
+    )
+    max_incoming = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Migrations this host may receive at once. Empty: the site default."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     # Inventory cache: list pages read these, never libvirt.
@@ -90,6 +102,14 @@ class Host(models.Model):
         self.inventory_error = str(error)
         self.inventory_error_code = getattr(error, "code", None)
         self.save(update_fields=["inventory_error", "inventory_error_code"])
+
+    @property
+    def outgoing_limit(self) -> int:
+        return self.max_outgoing if self.max_outgoing is not None else settings.MIGRATION_MAX_OUTGOING
+
+    @property
+    def incoming_limit(self) -> int:
+        return self.max_incoming if self.max_incoming is not None else settings.MIGRATION_MAX_INCOMING
 
     def inventory_age_s(self) -> float | None:
         if self.inventory_refreshed_at is None:

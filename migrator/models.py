@@ -25,6 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from .audit.models import AppendOnlyModel, AuditEvent, NeverDeletedQuerySet
+from .fleet.models import Batch, BatchKind, BatchState  # noqa: F401  (the app's models live in migrator.models)
 
 # Sent with `migration=` whenever a record is created or changes state (after
 # the commit); migrator.live publishes it to the pages, so no caller has to.
@@ -32,6 +33,9 @@ state_changed = Signal()
 
 
 class MigrationState(models.TextChoices):
+    # Beyond a concurrency limit, or scheduled for later: the record waits
+    # for a slot (migrator.slots) and no job exists yet.
+    WAITING = "waiting", "Waiting"
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     CANCELLING = "cancelling", "Cancelling"
@@ -47,6 +51,7 @@ class MigrationState(models.TextChoices):
 
 
 ACTIVE_STATES = (
+    MigrationState.WAITING,
     MigrationState.QUEUED,
     MigrationState.RUNNING,
     MigrationState.CANCELLING,
@@ -54,7 +59,9 @@ ACTIVE_STATES = (
     MigrationState.ATTENTION,
 )
 # States a script waits through: the worker still has the last word.
-IN_FLIGHT_STATES = (MigrationState.QUEUED, MigrationState.RUNNING, MigrationState.CANCELLING)
+IN_FLIGHT_STATES = (MigrationState.WAITING, MigrationState.QUEUED, MigrationState.RUNNING, MigrationState.CANCELLING)
+# States that hold a slot of the concurrency limits: a job exists or runs.
+SLOT_STATES = (MigrationState.QUEUED, MigrationState.RUNNING, MigrationState.CANCELLING)
 # States in which a worker holds the migration and renews its lease.
 WORKING_STATES = (MigrationState.RUNNING, MigrationState.CANCELLING)
 FINAL_STATES = (MigrationState.SUCCEEDED, MigrationState.FAILED, MigrationState.CANCELLED)
@@ -68,6 +75,7 @@ OUTCOME_ACTIONS = {
     MigrationState.ATTENTION: "migration.needs_attention",
 }
 STATE_BADGES = {
+    MigrationState.WAITING: "light",
     MigrationState.QUEUED: "secondary",
     MigrationState.RUNNING: "primary",
     MigrationState.CANCELLING: "warning",
@@ -137,6 +145,11 @@ class Migration(AppendOnlyModel):
     # a record whose lease ran out has lost its worker, whatever its pid.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     postcopy_started_at = models.DateTimeField(null=True, blank=True)
+    # The queue: a scheduled start (none: as soon as a slot frees) and, while
+    # waiting, why (the limit it waits for), written by migrator.slots.
+    not_before = models.DateTimeField(null=True, blank=True, db_index=True)
+    wait_reason = models.CharField(max_length=300, blank=True)
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.PROTECT, related_name="migrations")
 
     # Outcome.
     last_sample = models.JSONField(default=dict, blank=True)
@@ -165,7 +178,7 @@ class Migration(AppendOnlyModel):
             # R2: never two migrations of the same VM at once, whatever races.
             models.UniqueConstraint(
                 fields=["vm_uuid"],
-                condition=Q(state__in=["queued", "running", "cancelling", "interrupted", "attention"]),
+                condition=Q(state__in=["waiting", "queued", "running", "cancelling", "interrupted", "attention"]),
                 name="one_active_migration_per_vm",
             )
         ]

@@ -225,6 +225,11 @@ MIGRATION_LEASE_S = float(os.getenv("MIGRATION_LEASE_S", "30"))
 MIGRATION_STALL_S = float(os.getenv("MIGRATION_STALL_S", "10"))
 # A queued record whose RQ job vanished is queued again, at most this many times.
 MIGRATION_REQUEUE_LIMIT = envint("MIGRATION_REQUEUE_LIMIT", "3")
+# Concurrent migrations: out of one host, into one host (each host may
+# override both) and over the whole site. A migration beyond a limit waits.
+MIGRATION_MAX_OUTGOING = envint("MIGRATION_MAX_OUTGOING", "2")
+MIGRATION_MAX_INCOMING = envint("MIGRATION_MAX_INCOMING", "2")
+MIGRATION_MAX_TOTAL = envint("MIGRATION_MAX_TOTAL", "5")
 
 # An open websocket re-checks its user's role and session this often (and at
 # once on logout or a role change).
