@@ -7,5 +7,6 @@ class MigratorConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the system checks, the publisher of state changes to the
-        # live pages, and the sockets' re-check on logout and role changes.
-        from . import checks, consumers, live  # noqa: F401
+        # live pages, the sockets' re-check on logout and role changes, and
+        # the queue's dispatch when a migration frees its slots.
+        from . import checks, consumers, jobs, live  # noqa: F401

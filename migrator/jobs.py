@@ -1,6 +1,6 @@
-"""How work reaches the RQ workers: queueing a migration (the row, then its
-job once the row is committed) and the jobs themselves, short functions that
-take primary keys."""
+"""How work reaches the RQ workers: queueing a migration (the row waits for
+a slot; once migrator.fleet.slots frees one it is queued and gets its job),
+and the jobs themselves, short functions that take primary keys."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from hosts.models import Host, VirtualMachine
 
 from .audit import anchor as audit_anchor
 from .executor import Executor, reconcile
-from .models import Migration, MigrationState
+from .fleet import slots
+from .models import SLOT_STATES, Batch, Migration, MigrationState, state_changed
 from .parameters import MigrationParameters
 
 QUEUE = "default"
@@ -37,11 +38,16 @@ def queue_migration(
     user,
     client_address=None,
     prediction: dict | None = None,
+    not_before=None,
+    batch: Batch | None = None,
 ) -> Migration:
-    """Create the row and enqueue its job when the transaction commits. The
-    database constraint turns a double submit into an IntegrityError."""
+    """Create the row, waiting; once the transaction commits it starts as
+    soon as its slots are free (at once, when they are) and not before
+    `not_before`. The database constraint turns a double submit into an
+    IntegrityError."""
     with transaction.atomic():
         migration = Migration.objects.create(
+            state=MigrationState.WAITING,
             vm=vm,
             vm_uuid=vm.uuid,
             vm_name=vm.name,
@@ -60,11 +66,52 @@ def queue_migration(
             parameters=MigrationParameters.from_record(parameters).as_record(),
             precheck_report=report.as_list() if hasattr(report, "as_list") else list(report or []),
             prediction=prediction or {},
+            not_before=not_before,
+            batch=batch,
         )
-        migration.log("queued", f"Queued by {migration.started_by_username or 'system'}.")
+        who = migration.started_by_username or "system"
+        if not_before and not_before > timezone.now():
+            migration.log("waiting", f"Scheduled by {who} for {timezone.localtime(not_before):%Y-%m-%d %H:%M %Z}.")
+            transaction.on_commit(lambda: schedule_dispatch(not_before))
+        else:
+            migration.log("waiting", f"Asked for by {who}; it starts when its slots are free.")
         transaction.on_commit(migration.announce)
-        transaction.on_commit(lambda: enqueue_migration(migration.pk))
+        transaction.on_commit(dispatch)
+    migration.refresh_from_db()
     return migration
+
+
+def dispatch() -> list[Migration]:
+    """Queue every waiting migration whose slots are free, and give each its
+    job. A job that cannot be queued (Redis away) is queued again by the
+    maintenance pass (requeue_lost_jobs)."""
+    promoted = slots.promote_waiting()
+    for m in promoted:
+        try:
+            enqueue_migration(m.pk)
+        except RedisError:
+            log.warning("Redis does not answer: migration #%s is queued again by the next maintenance pass", m.pk)
+    return promoted
+
+
+def schedule_dispatch(at) -> None:
+    """A dispatch at `at`, by RQ's scheduler (the workers run it); the
+    maintenance pass dispatches too, so a lost schedule delays a start by
+    one pass at most."""
+    try:
+        django_rq.get_queue(QUEUE).enqueue_at(at, dispatch, description="start scheduled migrations")
+    except RedisError:
+        log.warning("Redis does not answer: the scheduled start is left to the maintenance pass")
+
+
+def _dispatch_when_a_slot_frees(sender, migration: Migration, **kwargs) -> None:
+    """A migration that leaves the workers' hands frees its slots (a
+    waiting one that is cancelled frees those it kept)."""
+    if migration.state not in SLOT_STATES and migration.state != MigrationState.WAITING:
+        dispatch()
+
+
+state_changed.connect(_dispatch_when_a_slot_frees, dispatch_uid="migrator.jobs.dispatch")
 
 
 def run_migration(migration_id: int) -> str:
@@ -92,12 +139,13 @@ def refresh_host_inventory(host_id: int) -> None:
 
 def maintenance() -> None:
     """Periodic: settle migrations whose worker died, queue again those whose
-    job vanished, re-read every host, and anchor the audit log when its
+    job vanished, start waiting ones whose slots or time came, re-read every host, and anchor the audit log when its
     newest anchor is AUDIT_ANCHOR_INTERVAL_S old."""
     try:
         reconcile()
         try:
             requeue_lost_jobs()
+            dispatch()
         except RedisError:
             log.warning("Redis does not answer: lost jobs are queued again next round")
         inventory.refresh_all()

@@ -25,7 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from .audit.models import AppendOnlyModel, AuditEvent, NeverDeletedQuerySet
-from .fleet.models import Batch, BatchKind, BatchState  # noqa: F401  (the app's models live in migrator.models)
+from .fleet.models import Batch, BatchKind, BatchState, QueueLock  # noqa: F401  (the app's models live in migrator.models)
 
 # Sent with `migration=` whenever a record is created or changes state (after
 # the commit); migrator.live publishes it to the pages, so no caller has to.
@@ -203,9 +203,9 @@ class Migration(AppendOnlyModel):
 
     @property
     def can_cancel(self) -> bool:
-        """Queued, or running in pre-copy: once post-copy started the
+        """Waiting, queued, or running in pre-copy: once post-copy started the
         destination owns the VM and there is nothing to go back to."""
-        if self.state == MigrationState.QUEUED:
+        if self.state in (MigrationState.WAITING, MigrationState.QUEUED):
             return True
         return self.state == MigrationState.RUNNING and self.postcopy_started_at is None
 
@@ -277,6 +277,25 @@ class Migration(AppendOnlyModel):
     def announce(self) -> None:
         """Tell every listener (the live pages) the record's current state."""
         state_changed.send(sender=Migration, migration=self)
+
+    def promote(self) -> bool:
+        """waiting → queued: a slot is free and its start time has come
+        (migrator.fleet.slots decides, under its lock)."""
+        won = self._transition((MigrationState.WAITING,), state=MigrationState.QUEUED, wait_reason="")
+        if won:
+            self.log("queued", "A slot is free: the migration is queued for a worker.")
+        return won
+
+    def set_wait_reason(self, reason: str) -> None:
+        """Why it still waits; announced to the pages when it changed."""
+        reason = reason[:300]
+        if (
+            Migration.objects.filter(pk=self.pk, state=MigrationState.WAITING)
+            .exclude(wait_reason=reason)
+            .update(wait_reason=reason)
+        ):
+            self.wait_reason = reason
+            transaction.on_commit(self.announce)
 
     def claim(self, worker_pid: int | None = None, worker_host: str = "") -> bool:
         """queued → running; False when someone else claimed or cancelled it."""
@@ -411,7 +430,7 @@ class Migration(AppendOnlyModel):
         return won
 
     def request_cancel(self, user, *, via: str = "", client_address: str | None = None) -> bool:
-        """A queued migration is cancelled at once (audited as
+        """A waiting or queued migration is cancelled at once (audited as
         `migration.cancelled`); a running one is marked `cancelling`
         (`migration.cancel_requested`) and its job aborts libvirt's job.
         Either event names the user as actor."""
@@ -419,7 +438,7 @@ class Migration(AppendOnlyModel):
         user = user if getattr(user, "pk", None) else None
         asked = {"actor": user, "client_address": client_address, **({"via": via} if via else {})}
         if self._transition(
-            (MigrationState.QUEUED,),
+            (MigrationState.WAITING, MigrationState.QUEUED),
             audit={"action": "migration.cancelled", **asked},
             state=MigrationState.CANCELLED,
             finished_at=timezone.now(),

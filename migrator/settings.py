@@ -230,6 +230,8 @@ MIGRATION_REQUEUE_LIMIT = envint("MIGRATION_REQUEUE_LIMIT", "3")
 MIGRATION_MAX_OUTGOING = envint("MIGRATION_MAX_OUTGOING", "2")
 MIGRATION_MAX_INCOMING = envint("MIGRATION_MAX_INCOMING", "2")
 MIGRATION_MAX_TOTAL = envint("MIGRATION_MAX_TOTAL", "5")
+# `manage.py worker` processes per machine: each runs one migration at a time.
+MIGRATION_WORKER_PROCESSES = envint("MIGRATION_WORKER_PROCESSES", str(MIGRATION_MAX_TOTAL + 1))
 
 # An open websocket re-checks its user's role and session this often (and at
 # once on logout or a role change).

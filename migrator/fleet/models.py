@@ -69,3 +69,12 @@ class Batch(models.Model):
     @property
     def group_name(self) -> str:
         return f"batch-{self.pk}"
+
+
+class QueueLock(models.Model):
+    """One row that every dispatcher updates first in its transaction: the
+    update holds the row (PostgreSQL) or the database's write lock (SQLite)
+    until commit, so slot decisions of any number of workers, on any number
+    of machines, happen one after another."""
+
+    turns = models.BigIntegerField(default=0)
