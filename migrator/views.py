@@ -1,5 +1,6 @@
 import json
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -11,9 +12,10 @@ from hosts.models import Host, VirtualMachine
 
 from . import actions
 from .audit.requests import audit, client_address
+from .fleet import slots
 from .forms import ActionForm, SettleForm
 from .live import migration_state
-from .models import Migration
+from .models import Migration, MigrationState
 from .parameters import describe as describe_parameters
 from .planning import dirtyrate
 from .roles import AUDITORS, OPERATORS, has_role, role_required, sees_migrations
@@ -27,7 +29,12 @@ def home(request):
         "hosts": hosts,
         "vm_count": VirtualMachine.objects.count(),
         "running_vm_count": VirtualMachine.objects.running().count(),
-        "active": Migration.objects.active().order_by("created_at") if sees else Migration.objects.none(),
+        "active": Migration.objects.active().exclude(state=MigrationState.WAITING).order_by("created_at")
+        if sees
+        else Migration.objects.none(),
+        "queue": slots.waiting_queue() if sees else [],
+        "occupancy": slots.occupancy() if sees else {},
+        "site_limit": settings.MIGRATION_MAX_TOTAL,
         "recent": Migration.objects.finished().order_by("-finished_at")[:10] if sees else [],
     }
     context["certificate_warnings"] = expiry_warnings()
@@ -51,6 +58,7 @@ def migration_detail(request, pk: int):
             "applied_json": json.dumps(migration.applied_parameters, indent=2, sort_keys=True),
             "applied_flag_names": gateway.migrate_flag_names(int(migration.applied_parameters.get("flags") or 0)),
             "can_cancel": migration.can_cancel and has_role(request.user, OPERATORS),
+            "queue_position": slots.position_of(migration),
             "can_act": has_role(request.user, OPERATORS),
             "allows_postcopy": actions.allows_postcopy(migration),
             "action_kinds": [str(kind) for kind in actions.available_actions(migration)],

@@ -196,3 +196,18 @@ def test_racing_dispatchers_never_exceed_a_limit(settings):
         t.join(60)
     assert not errors
     assert Migration.objects.filter(state=MigrationState.QUEUED).count() == 2
+
+
+def test_the_home_page_shows_the_queue_and_the_detail_page_why_it_waits(hosts, settings, login):
+    settings.MIGRATION_MAX_OUTGOING = 1
+    first, second = waiting(), waiting(destination="c")
+    slots.promote_waiting()
+    client = login("operator")
+    page = client.get("/").content.decode()
+    assert 'id="migration-queue"' in page
+    assert "a already sends 1 (limit 1)." in page
+    assert f'action="/migrations/{second.pk}/cancel/"' in page
+    assert "a sends 1/1" in page
+    detail = client.get(second.get_absolute_url()).content.decode()
+    assert "number 1 in the queue" in detail
+    assert "a already sends 1 (limit 1)." in detail

@@ -255,6 +255,12 @@
       var badge = document.getElementById("state-badge");
       badge.className = "badge badge-" + m.badge;
       badge.textContent = m.state_display;
+      var waiting = document.getElementById("waiting");
+      if (waiting) {
+        waiting.classList.toggle("d-none", !m.waiting);
+        var reason = waiting.querySelector('[data-field="wait_reason"]');
+        if (reason && m.waiting) reason.textContent = m.wait_reason || "for a free slot";
+      }
       if (!m.in_flight) {
         var cancel = document.getElementById("cancel-form");
         if (cancel) cancel.classList.add("d-none");
@@ -312,7 +318,52 @@
     });
   }
 
-  function list(table) {
+  // The queue: waiting migrations in arrival order, numbered from 1.
+  function queueTable(table) {
+    var body = table ? table.querySelector("tbody") : null;
+    function row(id) { return body ? body.querySelector('tr[data-id="' + id + '"]') : null; }
+    function renumber() {
+      if (!body) return;
+      var rows = Array.prototype.slice.call(body.querySelectorAll("tr[data-id]"));
+      rows.sort(function (a, b) { return Number(a.getAttribute("data-id")) - Number(b.getAttribute("data-id")); });
+      rows.forEach(function (tr, i) { body.appendChild(tr); tr.querySelector(".position").textContent = i + 1; });
+      var empty = body.querySelector("tr.empty");
+      if (!rows.length && !empty) {
+        empty = document.createElement("tr");
+        empty.className = "empty";
+        empty.innerHTML = '<td colspan="7" class="text-muted">No migration is waiting.</td>';
+        body.appendChild(empty);
+      } else if (rows.length && empty) { empty.remove(); }
+    }
+    return {
+      update: function (m) {
+        if (!body) return;
+        var tr = row(m.id);
+        if (!m.waiting) { if (tr) { tr.remove(); renumber(); } return; }
+        if (!tr) {
+          tr = document.createElement("tr");
+          tr.setAttribute("data-id", m.id);
+          tr.innerHTML = '<td class="position"></td><td><a></a></td><td class="vm"></td><td class="route"></td><td class="reason"></td><td class="asked"></td><td></td>';
+          tr.querySelector("a").href = m.url;
+          tr.querySelector("a").textContent = m.id;
+          tr.querySelector(".vm").textContent = m.vm_name;
+          tr.querySelector(".route").textContent = m.source_name + " → " + m.destination_name;
+          tr.querySelector(".asked").textContent = m.created_at ? new Date(m.created_at).toLocaleString() : "";
+          body.appendChild(tr);
+        }
+        tr.querySelector(".reason").textContent = m.wait_reason || "a free slot";
+        renumber();
+      },
+      keep: function (ids) {
+        if (!body) return;
+        body.querySelectorAll("tr[data-id]").forEach(function (tr) { if (!ids[tr.getAttribute("data-id")]) tr.remove(); });
+        renumber();
+      },
+    };
+  }
+
+  function list(table, queueElement) {
+    var queue = queueTable(queueElement);
     var body = table.querySelector("tbody");
     function row(id) { return body.querySelector('tr[data-id="' + id + '"]'); }
     function ensureRow(m) {
@@ -333,7 +384,8 @@
     }
     function count() { text("active-count", body.querySelectorAll("tr[data-id]").length); }
     function update(m) {
-      if (!m.active) { var tr = row(m.id); if (tr) tr.remove(); count(); return; }
+      queue.update(m);
+      if (!m.active || m.waiting) { var tr = row(m.id); if (tr) tr.remove(); count(); return; }
       var r = ensureRow(m);
       var badge = r.querySelector(".state .badge");
       badge.className = "badge badge-" + m.badge;
@@ -357,6 +409,7 @@
           var ids = {};
           msg.migrations.forEach(function (m) { ids[m.id] = true; update(m); });
           body.querySelectorAll("tr[data-id]").forEach(function (tr) { if (!ids[tr.getAttribute("data-id")]) tr.remove(); });
+          queue.keep(ids);
           count();
         } else if (msg.type === "state") {
           update(msg.migration);
