@@ -200,7 +200,8 @@ def test_racing_dispatchers_never_exceed_a_limit(settings):
 
 def test_the_home_page_shows_the_queue_and_the_detail_page_why_it_waits(hosts, settings, login):
     settings.MIGRATION_MAX_OUTGOING = 1
-    first, second = waiting(), waiting(destination="c")
+    waiting()
+    second = waiting(destination="c")
     slots.promote_waiting()
     client = login("operator")
     page = client.get("/").content.decode()
