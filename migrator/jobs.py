@@ -98,6 +98,9 @@ def schedule_dispatch(at) -> None:
     """A dispatch at `at`, by RQ's scheduler (the workers run it); the
     maintenance pass dispatches too, so a lost schedule delays a start by
     one pass at most."""
+    # RQ keeps scheduled times in whole seconds, rounded down: a second
+    # later, so the dispatch never runs before the migration's time.
+    at = at.replace(microsecond=0) + timedelta(seconds=1)
     try:
         django_rq.get_queue(QUEUE).enqueue_at(at, dispatch, description="start scheduled migrations")
     except RedisError:

@@ -1,0 +1,134 @@
+"""The queue on the lab, with real workers: two `manage.py worker` commands
+(two processes each) share the database and Redis, as workers on two
+machines would. Lab-a may send three migrations at once; a fourth waits,
+starts by itself when a slot frees, first-come; a waiting one is cancelled;
+a scheduled one starts at its time."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from hosts import inventory
+from hosts.models import Host, VirtualMachine
+from migrator import actions, jobs
+from migrator.models import Migration, MigrationState
+from tests.worker_fixtures import real_workers  # noqa: F401  (a fixture)
+
+pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
+
+GUESTS = ("queue-1", "queue-2", "queue-3", "queue-4", "queue-5")
+# Small guests at a low cap: each migration lasts several seconds, so the
+# fourth must wait for one of the first three.
+CAP_MIB_S = 2
+
+
+@pytest.fixture
+def small_guests(lab):
+    """`small_guests(n)` boots the first n of GUESTS on lab-a, side by side;
+    they are removed after the test."""
+    booted: list[str] = []
+
+    def boot(count: int) -> tuple[str, ...]:
+        names = GUESTS[:count]
+        for name in names:
+            lab.define_guest(name, 128, dirty_mb=1)
+            booted.append(name)
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            list(pool.map(lab.reset_guest, names))
+        return names
+
+    yield boot
+    for name in booted:
+        lab.remove_guest(name)
+
+
+def vm_on(host: Host, name: str) -> VirtualMachine:
+    inventory.refresh_host(host)
+    return host.vms.get(name=name)
+
+
+def ask(vm: VirtualMachine, destination: Host, user, **more) -> Migration:
+    return jobs.queue_migration(
+        vm=vm, destination=destination, parameters={"bandwidth_mib_s": CAP_MIB_S}, report=[], user=user, **more
+    )
+
+
+def watch(records: list[Migration], timeout_s: float) -> list[dict[str, str]]:
+    """The records' states every 0.2 s until none is in flight."""
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = {m.vm_name: m.state for m in Migration.objects.filter(pk__in=[r.pk for r in records])}
+        seen.append(states)
+        if not any(s in ("waiting", "queued", "running", "cancelling") for s in states.values()):
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"still in flight after {timeout_s} s: {seen[-1]}")
+
+
+def test_a_fourth_migration_waits_for_a_slot_and_starts_by_itself(
+    lab,
+    lab_hosts,
+    small_guests,
+    real_workers,
+    users,  # noqa: F811
+):
+    a, b, c = (Host.objects.get(name=n) for n in ("lab-a", "lab-b", "lab-c"))
+    a.max_outgoing = 3
+    a.save()
+    small_guests(5)
+    real_workers(processes=2)
+    real_workers(processes=2)
+    operator = users["operator"]
+
+    destinations = (b, b, c, c)
+    records = [ask(vm_on(a, name), dest, operator) for name, dest in zip(GUESTS, destinations, strict=False)]
+    fifth = ask(vm_on(a, GUESTS[4]), c, operator)
+    assert fifth.state == MigrationState.WAITING
+    assert actions.request_cancel(fifth, actions.Requester(operator)) == "Cancelled."
+    fifth.refresh_from_db()
+    assert fifth.state == MigrationState.CANCELLED and fifth.vm_location == "lab-a"
+
+    seen = watch(records, timeout_s=240)
+
+    # Never more than three running out of lab-a, nor two into one host, across both workers.
+    for states in seen:
+        busy = [name for name, s in states.items() if s in ("queued", "running", "cancelling")]
+        assert len(busy) <= 3, states
+        assert sum(1 for n, d in zip(GUESTS, destinations, strict=False) if n in busy and d == c) <= 2, states
+    # The fourth waited while the first three ran, then started by itself.
+    assert any(s[GUESTS[3]] == "waiting" and sum(v == "running" for v in s.values()) == 3 for s in seen)
+    for m in records:
+        m.refresh_from_db()
+        assert m.state == MigrationState.SUCCEEDED, (m.vm_name, m.error_message)
+    assert records[3].events.filter(state="queued").exists()
+    assert records[3].started_at >= min(m.finished_at for m in records[:3])
+    # First come, first served: they were handed out in the order asked.
+    queued_at = [m.events.get(state="queued").at for m in records]
+    assert queued_at == sorted(queued_at)
+    for name, dest in zip(GUESTS, destinations, strict=False):
+        assert lab.where(name) == dest.name[-1].upper()
+        assert lab.counter_advanced(name, dest.name[-1].upper())
+
+
+def test_a_scheduled_migration_starts_at_its_time(lab, lab_hosts, small_guests, real_workers, users):  # noqa: F811
+    a, b = Host.objects.get(name="lab-a"), Host.objects.get(name="lab-b")
+    small_guests(1)
+    real_workers(processes=2)
+    at = timezone.now() + timedelta(seconds=8)
+    m = ask(vm_on(a, GUESTS[0]), b, users["operator"], not_before=at)
+    assert m.state == MigrationState.WAITING
+    assert m.wait_reason.startswith("Scheduled to start at ")
+    time.sleep(4)
+    m.refresh_from_db()
+    assert m.state == MigrationState.WAITING
+    watch([m], timeout_s=120)
+    m.refresh_from_db()
+    assert m.state == MigrationState.SUCCEEDED, m.error_message
+    assert m.started_at >= at
+    assert (m.started_at - at).total_seconds() < 10  # RQ's scheduler, not the minutely maintenance pass

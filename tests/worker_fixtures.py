@@ -1,0 +1,66 @@
+"""Real RQ workers for lab tests: `manage.py worker` processes on the test
+database, the way a site runs them (several, on several machines, sharing
+Redis and the database)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_database_url() -> str:
+    """The URL of the database this test runs on, for another process."""
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    user = s.get("USER") or ""
+    host = s.get("HOST") or "127.0.0.1"
+    port = s.get("PORT") or 5432
+    return f"postgres://{user}@{host}:{port}/{s['NAME']}"
+
+
+@pytest.fixture
+def real_workers(transactional_db, queue) -> Iterator[Callable[..., subprocess.Popen]]:
+    """`real_workers(processes=2, **env)` starts one `manage.py worker` with
+    that many processes (settings from `env`, e.g. MIGRATION_MAX_TOTAL="5");
+    every worker started is stopped after the test."""
+    started: list[subprocess.Popen] = []
+    logs = []
+
+    def start(processes: int = 2, **env: str) -> subprocess.Popen:
+        log = open(REPO / "var" / f"test-worker-{len(started)}.log", "w")  # noqa: SIM115 - closed below
+        logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "worker", "--processes", str(processes), "--maintenance-every", "0"],
+            cwd=REPO,
+            env={**os.environ, "DEMO": "1", "DATABASE_URL": test_database_url(), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    (REPO / "var").mkdir(exist_ok=True)
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    for log in logs:
+        log.close()
+    connection.close()
