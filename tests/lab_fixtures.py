@@ -1,4 +1,4 @@
-"""pytest fixtures for tests that need the two-host libvirt lab (hosts/lab/).
+"""pytest fixtures for tests that need the three-host libvirt lab (hosts/lab/).
 
 Loaded from tests/conftest.py with `pytest_plugins = ["tests.lab_fixtures"]`.
 The lab is brought up once per run and left up for the next run (a warm
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hosts.lab import Faults, Lab, LabError
+from hosts.lab import HOSTS, Faults, Lab, LabError
 
 SESSION_LOCK_TIMEOUT_S = 30 * 60  # a full lab test run takes a few minutes
 
@@ -89,9 +89,17 @@ def fault(lab: Lab, guest) -> Iterator[Faults]:
 
 
 @pytest.fixture
-def lab_hosts(lab: Lab, db) -> list:
-    """Hosts lab-a and lab-b registered in the test database, inventory read."""
-    return lab.register()
+def lab_hosts_by_key(lab: Lab, db) -> dict:
+    """Hosts lab-a, lab-b and lab-c registered in the test database, inventory
+    read, by host key ("A", "B", "C")."""
+    return dict(zip(HOSTS, lab.register(), strict=True))
+
+
+@pytest.fixture
+def lab_hosts(lab_hosts_by_key: dict) -> list:
+    """Hosts lab-a and lab-b, the source and the destination of most lab tests
+    (`a, b = lab_hosts`); lab-c is registered too (`lab_hosts_by_key`)."""
+    return [lab_hosts_by_key["A"], lab_hosts_by_key["B"]]
 
 
 @pytest.fixture

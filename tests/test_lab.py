@@ -1,5 +1,5 @@
-"""The lab itself: its hosts come and go cleanly, its guests dirty memory as
-asked, and libvirt really migrates them between its two hosts."""
+"""The lab itself: its three hosts come and go cleanly, its guests dirty
+memory as asked, and libvirt really migrates them between any two of its hosts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hosts import gateway
-from hosts.lab import DEMO_GUESTS, HOSTS, ROOT_VETH, Lab
+from hosts.lab import DEMO_GUESTS, HOSTS, ROOT_VETHS, SWITCH_NETNS, TLS_HOSTS, Lab
 
 pytestmark = pytest.mark.lab
 
@@ -49,6 +49,14 @@ def migrate(lab: Lab, name: str, source: str, dest: str, unsafe: bool = True, **
 def dirty_rate_mib_s(lab: Lab, name: str) -> float:
     uri = lab.uri("A")
     return gateway.dirty_rate(uri, gateway.domain_status(uri, name).uuid, DIRTY_RATE_CALC_S).dirty_rate_mib_s
+
+
+def test_each_host_is_its_own(lab):
+    infos = {key: gateway.host_info(lab.uri(key)) for key in HOSTS}
+
+    assert {key: info.hostname for key, info in infos.items()} == {"A": "hostA", "B": "hostB", "C": "hostC"}
+    assert [info.host_uuid for info in infos.values()] == [hd.host_uuid for hd in HOSTS.values()]
+    assert HOSTS["C"].address == "10.77.0.3"
 
 
 def test_up_again_changes_nothing(lab):
@@ -90,7 +98,10 @@ def test_down_leaves_nothing_behind_and_up_comes_back(lab):
 
     assert not [pid for pid in [qemu_pid, *daemon_pids] if running(pid)]
     assert not [hd.netns for hd in HOSTS.values() if Path(f"/run/netns/{hd.netns}").exists()]
-    assert subprocess.run(["ip", "link", "show", ROOT_VETH], capture_output=True).returncode != 0
+    assert not Path(f"/run/netns/{SWITCH_NETNS}").exists()
+    assert not [
+        v for v in ROOT_VETHS.values() if subprocess.run(["ip", "link", "show", v], capture_output=True).returncode == 0
+    ]
     assert lab.status().down
 
     status = lab.up(start_guests=False)
@@ -99,7 +110,7 @@ def test_down_leaves_nothing_behind_and_up_comes_back(lab):
     assert all(lab.where(g.name) for g in DEMO_GUESTS)  # definitions survive a down/up
 
 
-def test_a_benchmark_guest_is_defined_and_removed_from_both_hosts(lab):
+def test_a_benchmark_guest_is_defined_and_removed_from_every_host(lab):
     lab.define_guest("scratch-bench", 64, dirty_mb=0)
     assert lab.where("scratch-bench") == "A"
     lab.remove_guest("scratch-bench")
@@ -138,31 +149,45 @@ def test_p2p_live_migration_there_and_back(lab, guest):
     lab.wait_tick("web-shared", "A")
 
 
-def test_tls_migration(lab, guest):
+def test_p2p_live_migration_around_the_three_hosts(lab, guest):
     guest("web-shared")
 
-    migrate(lab, "web-shared", "A", "B", tls=True)
+    for source, dest in (("A", "C"), ("C", "B"), ("B", "A")):
+        migrate(lab, "web-shared", source, dest)
 
-    assert lab.where("web-shared") == "B"
-    lab.wait_tick("web-shared", "B")
+        assert lab.where("web-shared") == dest
+        assert lab.where_running("web-shared") == [(dest, "running")]
+        lab.wait_tick("web-shared", dest)
 
 
-def test_non_shared_migration_copies_the_local_disk(lab, guest):
+@pytest.mark.parametrize("dest", TLS_HOSTS)
+def test_tls_migration(lab, guest, dest):
+    guest("web-shared")
+
+    migrate(lab, "web-shared", "A", dest, tls=True)
+
+    assert lab.where("web-shared") == dest
+    lab.wait_tick("web-shared", dest)
+
+
+@pytest.mark.parametrize("dest", ["B", "C"])
+def test_non_shared_migration_copies_the_local_disk(lab, guest, dest):
     guest("db-local")
 
-    migrate(lab, "db-local", "A", "B", copy_storage=True, migrate_disks=["vda"])
+    migrate(lab, "db-local", "A", dest, copy_storage=True, migrate_disks=["vda"])
 
-    copy_on_b = lab.host_path("B", "/var/lib/libvirt/images/db-local-vda.qcow2")
-    assert copy_on_b.exists()
-    lab.wait_tick("db-local", "B")
+    copy = lab.host_path(dest, "/var/lib/libvirt/images/db-local-vda.qcow2")
+    assert copy.exists()
+    lab.wait_tick("db-local", dest)
 
     lab.reset_guest("db-local")
 
     assert lab.where("db-local") == "A"
-    assert not copy_on_b.exists()
+    assert not copy.exists()
 
 
-def test_tls_connection_to_host_b(lab, tmp_path):
+@pytest.mark.parametrize("host", TLS_HOSTS)
+def test_tls_connection_to_a_tls_host(lab, tmp_path, host):
     pki = lab.pki
 
     def connect(ca: Path, cert: Path, key: Path) -> gateway.HostInfo:
@@ -171,19 +196,23 @@ def test_tls_connection_to_host_b(lab, tmp_path):
         shutil.copy(ca, pkipath / "cacert.pem")
         shutil.copy(cert, pkipath / "clientcert.pem")
         shutil.copy(key, pkipath / "clientkey.pem")
-        return gateway.host_info(f"{lab.tls_uri('B')}?pkipath={pkipath}")
+        return gateway.host_info(f"{lab.tls_uri(host)}?pkipath={pkipath}")
 
-    assert connect(pki.ca_cert, pki.client_cert, pki.client_key).hostname == "hostB"
+    assert connect(pki.ca_cert, pki.client_cert, pki.client_key).hostname == HOSTS[host].hostname
     with pytest.raises(gateway.GatewayError, match="expired"):
         connect(pki.ca_cert, pki.expired_client_cert, pki.expired_client_key)
     with pytest.raises(gateway.GatewayError, match="known issuer"):
         connect(pki.ca_cert, pki.foreign_client_cert, pki.foreign_client_key)
 
 
-def test_register_creates_both_hosts(lab, lab_hosts):
-    by_name = {h.name: h for h in lab_hosts}
+def test_register_creates_the_three_hosts(lab, lab_hosts_by_key, lab_hosts):
+    by_name = {h.name: h for h in lab_hosts_by_key.values()}
 
-    assert set(by_name) == {"lab-a", "lab-b"}
+    assert set(by_name) == {"lab-a", "lab-b", "lab-c"}
+    assert [h.name for h in lab_hosts] == ["lab-a", "lab-b"]
     assert by_name["lab-b"].peer_uri == "qemu+tcp://10.77.0.2/system"
+    assert by_name["lab-c"].peer_uri == "qemu+tcp://10.77.0.3/system"
+    assert by_name["lab-c"].migration_address == "10.77.0.3"
+    assert len({h.uri for h in by_name.values()}) == 3
     assert by_name["lab-a"].shared_prefixes == str(lab.shared_dir)
-    assert all(h.inventory_error == "" and h.inventory_refreshed_at for h in lab_hosts)
+    assert all(h.inventory_error == "" and h.inventory_refreshed_at for h in by_name.values())

@@ -91,6 +91,8 @@ def test_a_cut_link_makes_b_unreachable_from_a_until_restored(lab, fault):
         fault.cut_link("A")  # twice is fine
 
         assert not fault.link_works("A")
+        assert not fault.link_works("A", "B") and not fault.link_works("C", "A")
+        assert fault.link_works("B", "C") and fault.link_works("C", "B")  # the others still reach each other
         assert "host A's link is cut" in lab.status().faults
 
     assert fault.link_works("A")
@@ -114,7 +116,7 @@ def test_a_slowed_link_sends_at_its_rate_until_cleared(lab, fault):
 
 @pytest.mark.lab
 @pytest.mark.faults
-def test_reset_connections_aborts_the_hosts_connections_to_the_other(lab, fault):
+def test_reset_connections_aborts_the_hosts_connections_to_the_others(lab, fault):
     receiver = subprocess.Popen(
         ["ip", "netns", "exec", HOSTS["B"].netns, sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True
     )
@@ -127,6 +129,7 @@ def test_reset_connections_aborts_the_hosts_connections_to_the_other(lab, fault)
         )
         assert sender.stdout.readline().strip() == "connected"
 
+        assert fault.reset_connections("A", "C") == 0  # not the connection to B
         assert fault.reset_connections("A") >= 1
 
         ended, _ = sender.communicate(timeout=10)
@@ -186,20 +189,22 @@ def test_a_restarted_daemon_is_a_new_one_that_answers(lab, fault):
 
 @pytest.mark.lab
 @pytest.mark.faults
-def test_a_filled_disk_refuses_writes_beyond_what_it_leaves(lab, fault):
-    # Written where B's QEMUs write: through its daemon's mount namespace.
-    probe = fault.images_dir("B") / "fault-probe"
+@pytest.mark.parametrize("host", ["B", "C"])
+def test_a_filled_disk_refuses_writes_beyond_what_it_leaves(lab, fault, host):
+    # Written where the host's QEMUs write: through its daemon's mount namespace.
+    probe = fault.images_dir(host) / "fault-probe"
     try:
-        with fault.disk_full("B", 4 * MIB):
-            fault.fill_disk("B", 4 * MIB)
+        with fault.disk_full(host, 4 * MIB):
+            fault.fill_disk(host, 4 * MIB)
 
-            assert 3 * MIB < fault.disk_free_bytes("B") <= 4 * MIB
+            assert 3 * MIB < fault.disk_free_bytes(host) <= 4 * MIB
+            assert f"host {host}'s images filesystem is filled" in lab.status().faults
             with pytest.raises(OSError) as full:
                 write_bytes(probe, 8 * MIB)
             assert full.value.errno == errno.ENOSPC
 
         write_bytes(probe, 8 * MIB)
-        fault.unfill_disk("B")
+        fault.unfill_disk(host)
     finally:
         probe.unlink(missing_ok=True)
 
@@ -249,7 +254,7 @@ def test_heal_undoes_every_fault_at_once(lab, fault):
     status = lab.heal()
 
     assert status.healthy and status.faults == (), status.describe()
-    assert fault.link_works("A") and fault.link_works("B")
+    assert fault.link_works("A") and fault.link_works("B") and fault.link_works("C")
     assert fault.disk_free_bytes("B") > 1024 * MIB
 
 

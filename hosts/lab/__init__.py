@@ -1,12 +1,14 @@
-"""Two real libvirt hosts on this machine (the lab), for development, tests and demos.
+"""Three real libvirt hosts on this machine (the lab), A, B and C, for
+development, tests and demos.
 
 Each host is a network namespace (network.py) in which a plain `libvirtd
 --listen` runs with libvirt's own directories bind-mounted from the lab's root
 (daemons.py). The dashboard (root namespace) reaches each daemon through its
-unix socket; peer-to-peer migrations go daemon to daemon over the veth. Guests
-(guests.py) are TCG and boot a Debian kernel with a busybox initramfs that
-dirties memory at a chosen rate (images.py). Tests inject faults (faults.py,
-`lab.fault`; host B's images sit on a small filesystem of their own to fill,
+unix socket; peer-to-peer migrations go daemon to daemon over the veths and
+the bridge that joins them. Guests (guests.py) are defined on host A; they are
+TCG and boot a Debian kernel with a busybox initramfs that dirties memory at a
+chosen rate (images.py). Tests inject faults (faults.py, `lab.fault`; the
+images of hosts B and C sit on small filesystems of their own to fill,
 imagefs.py) and check that a guest came through whole (integrity.py). See
 docs/lab.md in the shared docs for the facts behind the choices made here.
 """
@@ -28,8 +30,8 @@ from .daemons import Daemons
 from .faults import Faults
 from .guests import BOOT_TIMEOUT_S, DEMO_GUESTS, TICK_TIMEOUT_S, DiskSpec, Guests, GuestSpec, image_path
 from .integrity import PATTERN_TIMEOUT_S, GuestChecks, GuestHealth
-from .layout import HOSTS, HostDef, Layout, default_root
-from .network import ROOT_VETH
+from .layout import HOSTS, TLS_HOSTS, HostDef, Layout, default_root, say_keys
+from .network import ROOT_VETHS, SWITCH_NETNS
 from .pki import LabPki, ensure_lab_pki
 from .status import GuestState, HostStatus, LabStatus
 from .system import LabError, cannot_run_reason
@@ -40,7 +42,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO_GUESTS",
     "HOSTS",
-    "ROOT_VETH",
+    "ROOT_VETHS",
+    "SWITCH_NETNS",
+    "TLS_HOSTS",
     "DiskSpec",
     "Faults",
     "GuestHealth",
@@ -103,12 +107,12 @@ class Lab(Layout):
                 pki_changed = ensure_lab_pki(self)
             with self._step("network"):
                 network.ensure(stop_daemons=self._daemons.stop_all)
-            with self._step("libvirtd A and B"):
+            with self._step(f"libvirtd {say_keys(HOSTS)}"):
                 for key in HOSTS:
-                    self._daemons.ensure(key, restart=pki_changed)
-            with self._step("route to B's TLS port"):
-                network.ensure_root_route()
-            with self._step("images filesystem of host B"):
+                    self._daemons.ensure(key, restart=key in pki_changed)
+            with self._step(f"routes to the TLS ports of {say_keys(TLS_HOSTS)}"):
+                network.ensure_root_routes()
+            with self._step(f"images filesystems of {say_keys(imagefs.IMAGES_FS_HOSTS)}"):
                 for key in HOSTS:
                     imagefs.ensure(self, key, self._daemons.pid(key))
             with self._step("warm daemons (QEMU capabilities)"):
@@ -135,7 +139,7 @@ class Lab(Layout):
                 self._daemons.stop_all()
             with self._step("remove namespaces and links"):
                 network.remove()
-            with self._step("unmount images filesystem of host B"):
+            with self._step(f"unmount images filesystems of {say_keys(imagefs.IMAGES_FS_HOSTS)}"):
                 for key in HOSTS:
                     imagefs.unmount(self, key)
 
@@ -167,7 +171,7 @@ class Lab(Layout):
                 answering,
                 guests,
             )
-        return LabStatus(self.root, hosts, network.root_route_exists(), tuple(self._faults.active()))
+        return LabStatus(self.root, hosts, network.switch_exists(), network.root_routes(), tuple(self._faults.active()))
 
     # ---------------------------------------------------------- guests (see guests.Guests)
 
@@ -228,7 +232,8 @@ class Lab(Layout):
     # ---------------------------------------------------------- Django
 
     def register(self) -> list[Host]:
-        """Create or update the two lab hosts in the database and read their inventory."""
+        """Create or update the lab's hosts (lab-a, lab-b, lab-c) in the database
+        and read their inventory; they come in the order of HOSTS."""
         from hosts.inventory import refresh_host
         from hosts.models import Host
 

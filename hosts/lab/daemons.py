@@ -1,7 +1,7 @@
-"""The two libvirtd daemons. Each runs `libvirtd --listen` inside its host's
-network namespace plus a private mount and UTS namespace, in which libvirt's
-own directories are bind-mounted from `<root>/hosts/<X>/`; its configuration
-is rendered from files/libvirtd.conf and files/qemu.conf. They are started and
+"""The lab's libvirtd daemons, one per host. Each runs `libvirtd --listen`
+inside its host's network namespace plus a private mount and UTS namespace, in
+which libvirt's own directories are bind-mounted from `<root>/hosts/<X>/`; its
+configuration is rendered from files/libvirtd.conf and files/qemu.conf. They are started and
 stopped by PID, and warmed once so that no migration pays for QEMU probing."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Daemons:
 
     def warm(self) -> None:
         """A fresh daemon probes each QEMU binary for ~3.7 s on first use; pay it
-        here, both hosts at once. Host capabilities cover every binary installed
+        here, every host at once. Host capabilities cover every binary installed
         (qemu-system-x86 brings i386 too): the dashboard's first inventory asks for them."""
 
         def probe_qemu(key: str) -> None:
@@ -148,7 +148,7 @@ class Daemons:
         hd, d = HOSTS[key], self._layout.host_dir(key)
         for inside in BIND_MOUNTS:
             Path(inside).mkdir(parents=True, exist_ok=True)  # mount points; stay empty out here
-        # --rbind: what is mounted below them comes along (host B's images filesystem, imagefs.py).
+        # --rbind: what is mounted below them comes along (the host's images filesystem, imagefs.py).
         mounts = [f"mount --rbind {shlex.quote(str(d / sub))} {inside}" for inside, sub in BIND_MOUNTS.items()]
         # `sh -e`: if a bind mount fails, libvirtd must not start on the machine's own /etc/libvirt.
         # Every step execs the next, so the PID we get is libvirtd's.
@@ -198,7 +198,7 @@ class Daemons:
 
 def _forget_connections() -> None:
     # Every pooled connection, not only the unix socket's: this process may reach a
-    # restarted daemon by other URIs too (B's TLS port), and each would be dead.
+    # restarted daemon by other URIs too (a TLS port), and each would be dead.
     gateway.close_all()
 
 

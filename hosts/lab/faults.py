@@ -1,9 +1,9 @@
-"""Faults a test injects into the lab, each with its undo: the link between
-the hosts cut or slowed, a daemon killed, hung or restarted, host B's images
-filesystem filled. Every call is idempotent and every undo is safe whatever
-state the lab is in (a test's `finally`, a lab half down); `undo_all` is what
-`Lab.up()` and `Lab.heal()` start with. See "Faults" in docs/lab.md in the
-shared docs for what libvirt does under each.
+"""Faults a test injects into the lab, each with its undo: a host's link to
+the others cut or slowed, a daemon killed, hung or restarted, the images
+filesystem of host B or C filled. Every call is idempotent and every undo is
+safe whatever state the lab is in (a test's `finally`, a lab half down);
+`undo_all` is what `Lab.up()` and `Lab.heal()` start with. See "Faults" in
+docs/lab.md in the shared docs for what libvirt does under each.
 
     with lab.fault.link_cut("A"):
         ...
@@ -22,7 +22,7 @@ from hosts import gateway
 
 from . import imagefs, network
 from .daemons import Daemons
-from .layout import HOSTS, LIBVIRT_TCP_PORT, Layout, hostdef
+from .layout import HOSTS, LIBVIRT_TCP_PORT, HostDef, Layout, hostdef
 from .system import LabError, probe, process_alive, run
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,11 @@ class Faults:
         self._layout = layout
         self._daemons = daemons
 
-    # ---------------------------------------------------------- the link between the hosts
+    # ---------------------------------------------------------- a host's link to the others
 
     def cut_link(self, key: str) -> None:
-        """Take the host's end of the lab veth down: neither host reaches the other over it."""
+        """Take the host's end of its lab veth down: it reaches no other host and
+        no other host reaches it; the others still reach each other."""
         hd = hostdef(key)
         run(["ip", "-n", hd.netns, "link", "set", hd.veth, "down"], f"cut host {hd.key}'s link")
 
@@ -52,33 +53,42 @@ class Faults:
         if network.netns_exists(hd.key) and probe("ip", "-n", hd.netns, "link", "show", "dev", hd.veth).returncode == 0:
             run(["ip", "-n", hd.netns, "link", "set", hd.veth, "up"], f"restore host {hd.key}'s link")
 
-    def link_works(self, key: str) -> bool:
-        """Whether a TCP connection from the host's namespace reaches the other host's libvirtd."""
+    def link_works(self, key: str, peer: str | None = None) -> bool:
+        """Whether a TCP connection from the host's namespace reaches the libvirtd
+        of `peer`, or of every other host when `peer` is None."""
         hd = hostdef(key)
-        peer = next(h for h in HOSTS.values() if h.key != hd.key)
-        connect = f"exec 3<>/dev/tcp/{peer.address}/{LIBVIRT_TCP_PORT}"
-        cmd = ("ip", "netns", "exec", hd.netns, "timeout", str(LINK_PROBE_TIMEOUT_S), "bash", "-c", connect)
-        return network.netns_exists(hd.key) and probe(*cmd).returncode == 0
+        if not network.netns_exists(hd.key):
+            return False
+        for other in self._peers(hd.key, peer):
+            connect = f"exec 3<>/dev/tcp/{other.address}/{LIBVIRT_TCP_PORT}"
+            cmd = ("ip", "netns", "exec", hd.netns, "timeout", str(LINK_PROBE_TIMEOUT_S), "bash", "-c", connect)
+            if probe(*cmd).returncode != 0:
+                return False
+        return True
 
-    def reset_connections(self, key: str) -> int:
-        """Abort the host's TCP connections to the other host (`ss -K`), as a
-        middlebox's reset or a cut longer than TCP's patience would: libvirt's
-        peer-to-peer connection, the migration stream, the disk copy. The RST
-        reaches the other side only over a working link; with the link cut,
-        reset both hosts. Returns how many connections were aborted."""
+    def reset_connections(self, key: str, peer: str | None = None) -> int:
+        """Abort the host's TCP connections to `peer`, or to every other host
+        when `peer` is None (`ss -K`), as a middlebox's reset or a cut longer
+        than TCP's patience would: libvirt's peer-to-peer connection, the
+        migration stream, the disk copy. The RST reaches the other side only
+        over a working link; with the link cut, reset the other end too.
+        Returns how many connections were aborted."""
         hd = hostdef(key)
         if not network.netns_exists(hd.key):
             return 0
-        peer = next(h for h in HOSTS.values() if h.key != hd.key)
-        killed = run(
-            ["ip", "netns", "exec", hd.netns, "ss", "-K", "-t", "-n", "-H", "dst", peer.address],
-            f"reset host {hd.key}'s connections to host {peer.key}",
-            text=True,
-        )
-        return len(killed.stdout.splitlines())
+        killed = 0
+        for other in self._peers(hd.key, peer):
+            aborted = run(
+                ["ip", "netns", "exec", hd.netns, "ss", "-K", "-t", "-n", "-H", "dst", other.address],
+                f"reset host {hd.key}'s connections to host {other.key}",
+                text=True,
+            )
+            killed += len(aborted.stdout.splitlines())
+        return killed
 
     def slow_link(self, key: str, rate: str = SLOW_LINK_RATE) -> None:
-        """Shape what the host sends over the lab veth (a token bucket at `rate`, tc's units)."""
+        """Shape what the host sends over its lab veth, to every other host (a
+        token bucket at `rate`, tc's units)."""
         hd = hostdef(key)
         run(
             ["tc", "-n", hd.netns, "qdisc", "replace", "dev", hd.veth, "root", "tbf", "rate", rate]
@@ -137,7 +147,7 @@ class Faults:
         self.unhang_daemon(key)
         self._daemons.ensure(hostdef(key).key)
 
-    # ---------------------------------------------------------- host B's images filesystem
+    # ---------------------------------------------------------- the images filesystem of host B or C
 
     def fill_disk(self, key: str, leave_bytes: int) -> None:
         """Leave only `leave_bytes` free where the host keeps its images (and
@@ -163,7 +173,7 @@ class Faults:
     # ---------------------------------------------------------- everything
 
     def undo_all(self) -> None:
-        """Undo every fault on both hosts; a killed daemon is left to `Lab.up()` to start."""
+        """Undo every fault on every host; a killed daemon is left to `Lab.up()` to start."""
         for key in HOSTS:
             self.unhang_daemon(key)
             self.restore_link(key)
@@ -227,6 +237,16 @@ class Faults:
             yield
         finally:
             self.unfill_disk(key)
+
+    @staticmethod
+    def _peers(key: str, peer: str | None) -> list[HostDef]:
+        """`peer`'s HostDef, or every host's but `key`'s when `peer` is None."""
+        if peer is None:
+            return [hd for hd in HOSTS.values() if hd.key != key]
+        other = hostdef(peer)
+        if other.key == key:
+            raise LabError(f"host {key} has no link to itself")
+        return [other]
 
     def _daemon(self, key: str) -> int | None:
         """The host's libvirtd pid if it runs (a recycled pid is never signalled)."""

@@ -1,6 +1,7 @@
 """The lab's guests: TCG domains (no usable KVM here) that boot Debian's kernel
 with the lab's initramfs and dirty memory at a chosen rate, their disks, and
-the moves tests make with them (define, park on host A, reset, remove)."""
+the moves tests make with them (define, park on host A, reset, remove). Host A
+is the guests' home: they are defined, parked and reset there."""
 
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ PATTERN_CHECK_RE = re.compile(r"^pattern sum=([0-9a-f]{32}) boot=(\S+) uptime=([
 TICK_RE = re.compile(r"^tick uptime=([\d.]+)", re.MULTILINE)
 GUEST_UUID_NAMESPACE = uuid.UUID("6c61622d-6775-6573-7473-000000000000")
 DOMAIN_TEMPLATE = Path(__file__).parent / "files" / "domain.xml"
+HOME = "A"
 
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """A guest disk. `shared` disks live in the lab's shared directory (both
-    hosts see them); the others in the host's own /var/lib/libvirt/images."""
+    """A guest disk. `shared` disks live in the lab's shared directory (every
+    host sees them); the others in the host's own /var/lib/libvirt/images."""
 
     target: str  # vda, vdb, ...
     size_mib: int = 64
@@ -75,7 +77,7 @@ DEMO_GUESTS: tuple[GuestSpec, ...] = (
 
 
 def image_path(layout: Layout, guest: str, disk: DiskSpec) -> Path:
-    """The disk's path as libvirt sees it (the same on both hosts)."""
+    """The disk's path as libvirt sees it (the same on every host)."""
     ext = "qcow2" if disk.format == "qcow2" else "img"
     base = layout.shared_dir if disk.shared else Path(IMAGES_DIR)
     return base / f"{guest}-{disk.target}.{ext}"
@@ -89,7 +91,7 @@ def boot_pattern_file(layout: Layout, name: str) -> Path:
 def domain_xml(layout: Layout, spec: GuestSpec) -> str:
     disks = []
     for disk in spec.disks:
-        # Shareable disks are open on two hosts at once: no host page cache.
+        # Shareable disks are open on several hosts at once: no host page cache.
         cache = " cache='none'" if disk.shareable else ""
         flags = ("<readonly/>" if disk.readonly else "") + ("<shareable/>" if disk.shareable else "")
         disks.append(
@@ -99,7 +101,7 @@ def domain_xml(layout: Layout, spec: GuestSpec) -> str:
         )
     return string.Template(DOMAIN_TEMPLATE.read_text()).substitute(
         name=spec.name,
-        # A fixed UUID per name: redefining keeps the same domain, and A and B agree on it.
+        # A fixed UUID per name: redefining keeps the same domain, and every host agrees on it.
         uuid=uuid.uuid5(GUEST_UUID_NAMESPACE, spec.name),
         memory_mib=spec.memory_mib,
         kernel=layout.kernel_path,
@@ -123,7 +125,7 @@ class Guests:
         dirty_mb: int,
         dirty_sleep: float = 1,
         disks: Sequence[DiskSpec] = (),
-        host: str = "A",
+        host: str = HOME,
         interfaces: Sequence[str] = (),
     ) -> GuestSpec:
         """Define (or redefine) a guest on `host`, creating its disk images.
@@ -136,10 +138,13 @@ class Guests:
         return spec
 
     def define_demo_guests(self) -> None:
-        """Each demo guest that neither host knows, on host A."""
+        """Each demo guest that no host knows, on host A; the read-only images
+        of those already defined, on every host that lacks them."""
         for spec in DEMO_GUESTS:
             if self.where(spec.name) is None:
-                self._define(spec, "A")
+                self._define(spec, HOME)
+            else:
+                self._install_readonly_images(spec)
 
     def start_demo_guests(self) -> None:
         started = []
@@ -155,27 +160,31 @@ class Guests:
     def reset(self, name: str) -> None:
         """Put the guest back on host A, freshly booted (dirty loop running)."""
         self.park(name)
-        self._layout.serial_log(name, "A").unlink(missing_ok=True)
-        gateway.start_domain(self._layout.uri("A"), name)
-        self.wait_booted(name, "A")
+        self._layout.serial_log(name, HOME).unlink(missing_ok=True)
+        gateway.start_domain(self._layout.uri(HOME), name)
+        self.wait_booted(name, HOME)
 
     def park(self, name: str) -> None:
         """Stop the guest and leave it defined, shut off, on host A only (the
-        layout tests start from); B's copies of its local images are deleted."""
-        dom_b = self._lookup("B", name)
-        xml_b = None
-        if dom_b is not None:
-            xml_b = self._remove("B", dom_b)
-            self._remove_local_copies("B", xml_b)
-        dom_a = self._lookup("A", name)
-        if dom_a is not None and dom_a.active:
-            _destroy(self._layout.uri("A"), name)
+        layout tests start from); the other hosts' copies of its local images
+        are deleted."""
+        moved_xml = None  # its definition on another host (where it was active, if it had several)
+        for key in [k for k in HOSTS if k != HOME]:
+            dom = self._lookup(key, name)
+            if dom is not None:
+                xml = self._remove(key, dom)
+                self._remove_local_copies(key, xml)
+                if moved_xml is None or dom.active:
+                    moved_xml = xml
+        dom_home = self._lookup(HOME, name)
+        if dom_home is not None and dom_home.active:
+            _destroy(self._layout.uri(HOME), name)
         if name in self._specs:
-            self._define(self._specs[name], "A")  # also undoes XML drift (pinning, ...) left by a test
-        elif dom_a is None:
-            if xml_b is None:
-                raise LabError(f"guest {name!r} is defined on neither host; define_guest() it first")
-            gateway.define_domain(self._layout.uri("A"), xml_b)
+            self._define(self._specs[name], HOME)  # also undoes XML drift (pinning, ...) left by a test
+        elif dom_home is None:
+            if moved_xml is None:
+                raise LabError(f"guest {name!r} is defined on no lab host; define_guest() it first")
+            gateway.define_domain(self._layout.uri(HOME), moved_xml)
 
     def stop(self, name: str) -> None:
         """Destroy the guest wherever it runs (its definitions stay)."""
@@ -185,7 +194,7 @@ class Guests:
                 _destroy(self._layout.uri(key), name)
 
     def stop_all(self) -> None:
-        """Destroy every running guest on both hosts."""
+        """Destroy every running guest on every host."""
         running = []
         for key in HOSTS:
             uri = self._layout.uri(key)
@@ -196,14 +205,15 @@ class Guests:
             list(pool.map(lambda where: _destroy(*where), running))
 
     def remove(self, name: str) -> None:
-        """Destroy and undefine the guest on both hosts (a benchmark's own guests)."""
+        """Destroy and undefine the guest on every host (a benchmark's own
+        guests); the copies of its local images on hosts other than A are deleted."""
         for key in HOSTS:
             dom = self._lookup(key, name)
             if dom is None:
                 continue
             xml = self._remove(key, dom)
-            if key == "B":
-                self._remove_local_copies("B", xml)
+            if key != HOME:
+                self._remove_local_copies(key, xml)
         self._specs.pop(name, None)
         boot_pattern_file(self._layout, name).unlink(missing_ok=True)
 
@@ -277,12 +287,20 @@ class Guests:
 
     def _define(self, spec: GuestSpec, host: str) -> None:
         for disk in spec.disks:
-            # Read-only images are "installed" on both hosts (like an ISO library):
-            # they are never copied by a migration, so the destination needs its own.
-            for key in HOSTS if disk.readonly and not disk.shared else (host,):
-                path = self._layout.host_path(key, image_path(self._layout, spec.name, disk))
+            if not _installed(disk):
+                path = self._layout.host_path(host, image_path(self._layout, spec.name, disk))
                 images.create_disk(path, disk.format, disk.size_mib)
+        self._install_readonly_images(spec)
         gateway.define_domain(self._layout.uri(host), domain_xml(self._layout, spec))
+
+    def _install_readonly_images(self, spec: GuestSpec) -> None:
+        """Read-only images are "installed" on every host (like an ISO library):
+        they are never copied by a migration, so each destination needs its own."""
+        for disk in spec.disks:
+            if _installed(disk):
+                for key in HOSTS:
+                    path = self._layout.host_path(key, image_path(self._layout, spec.name, disk))
+                    images.create_disk(path, disk.format, disk.size_mib)
 
     def _remove_local_copies(self, key: str, xml: str) -> None:
         """Delete the host's copies of a guest's non-shared, writable images."""
@@ -295,6 +313,11 @@ class Guests:
                 local.unlink(missing_ok=True)
         with contextlib.suppress(gateway.GatewayError):
             gateway.refresh_pool(self._layout.uri(key), "default")
+
+
+def _installed(disk: DiskSpec) -> bool:
+    """Whether every host has its own copy of the disk's image (read-only, not shared)."""
+    return disk.readonly and not disk.shared
 
 
 def _destroy(uri: str, name: str) -> None:

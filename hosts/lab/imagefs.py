@@ -1,9 +1,10 @@
-"""Host B's images directory on a small filesystem of its own, so that a test
-can fill it (faults.Faults.fill_disk) without filling the disk the lab lives on.
+"""The images directories of hosts B and C, each on a small filesystem of its
+own, so that a test can fill it (faults.Faults.fill_disk) without filling the
+disk the lab lives on.
 
-The filesystem is a sparse ext4 image, <root>/hosts/B/images.ext4, loop-mounted
-over <root>/hosts/B/lib/images in this namespace and over /var/lib/libvirt/images
-in the daemon's: a daemon started later gets it through its recursive bind
+Each filesystem is a sparse ext4 image, <root>/hosts/<X>/images.ext4, loop-mounted
+over <root>/hosts/<X>/lib/images in this namespace and over /var/lib/libvirt/images
+in the host's daemon's: a daemon started later gets it through its recursive bind
 mount of lib/, a running one has it mounted in. It must be in place before a
 migration opens its destination image, since a filesystem mounted over the
 directory afterwards would not reach a file QEMU already has open; so it stays
@@ -18,12 +19,12 @@ import os
 import shutil
 from pathlib import Path
 
-from .layout import IMAGES_DIR, Layout
+from .layout import IMAGES_DIR, Layout, say_keys
 from .system import LabError, probe, process_alive, run
 
 log = logging.getLogger(__name__)
 
-IMAGES_FS_HOSTS = ("B",)
+IMAGES_FS_HOSTS = ("B", "C")
 IMAGES_FS_SIZE_MIB = 2048  # sparse: the lab's disk pays only for what is written
 FILLER_NAME = ".lab-disk-filler"
 
@@ -116,8 +117,8 @@ def filled(layout: Layout, key: str) -> bool:
 
 def _check_ready(layout: Layout, key: str, daemon_pid: int | None) -> None:
     if not has_own_fs(key):
-        own = ", ".join(IMAGES_FS_HOSTS)
-        raise LabError(f"host {key}'s images lie on the lab's own disk; only host {own} has a filesystem to fill")
+        own = say_keys(IMAGES_FS_HOSTS)
+        raise LabError(f"host {key}'s images lie on the lab's own disk; only hosts {own} have a filesystem to fill")
     if not mounted(layout, key):
         raise LabError(
             f"host {key}'s images filesystem is not mounted: run `lab up` while no guest on {key} has a disk open"

@@ -23,7 +23,7 @@ from hosts import gateway
 from .daemons import Daemons
 from .faults import daemon_stopped
 from .guests import BOOT_PATTERN_RE, PATTERN_CHECK_RE, TICK_RE, TICK_TIMEOUT_S, boot_pattern_file
-from .layout import HOSTS, Layout, hostdef
+from .layout import HOSTS, Layout, hostdef, say_keys
 from .system import process_alive
 
 UNKNOWN = "unknown"  # the state of a guest on a host whose daemon cannot tell
@@ -99,7 +99,7 @@ class GuestChecks:
         elif not running:
             problems.append(f"{name} runs nowhere ({', '.join(f'{key}: {state}' for key, state in states)})")
         elif len(running) > 1:
-            problems.append(f"{name} runs on {' and '.join(running)} at once")
+            problems.append(f"{name} runs on {say_keys(running)} at once")
         problems += [f"{name} is paused on host {key}" for key in paused]
         counter_went_on = pattern_intact = False
         if len(running) == 1:

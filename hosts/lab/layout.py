@@ -1,9 +1,10 @@
-"""Where the lab's things are: its two hosts, the directories under the lab's
+"""Where the lab's things are: its three hosts, the directories under the lab's
 root that each host sees as libvirt's own, and the URIs that reach them.
 Nothing here touches the machine."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
 
 @dataclass(frozen=True)
 class HostDef:
-    key: str  # "A" or "B"
+    key: str  # "A", "B" or "C"
     netns: str
     veth: str
     address: str
@@ -40,14 +41,22 @@ class HostDef:
 HOSTS: dict[str, HostDef] = {
     "A": HostDef("A", "lvA", "vA", "10.77.0.1", "hostA", "00000000-0000-4000-8000-00000000000a", False),
     "B": HostDef("B", "lvB", "vB", "10.77.0.2", "hostB", "00000000-0000-4000-8000-00000000000b", True),
+    "C": HostDef("C", "lvC", "vC", "10.77.0.3", "hostC", "00000000-0000-4000-8000-00000000000c", True),
 }
+TLS_HOSTS = tuple(key for key, hd in HOSTS.items() if hd.listen_tls)
+
+
+def say_keys(keys: Iterable[str], last: str = "and") -> str:
+    """Host keys in words: "A", "A and B", "A, B or C"."""
+    keys = list(keys)
+    return ", ".join(keys[:-1]) + f" {last} {keys[-1]}" if len(keys) > 1 else "".join(keys)
 
 
 def hostdef(host: str) -> HostDef:
     try:
         return HOSTS[host.upper()]
     except (KeyError, AttributeError):
-        raise LabError(f"unknown lab host {host!r}: use 'A' or 'B'") from None
+        raise LabError(f"unknown lab host {host!r}: use {say_keys([repr(k) for k in HOSTS], 'or')}") from None
 
 
 def default_root() -> Path:
@@ -64,7 +73,7 @@ def default_root() -> Path:
 
 class Layout:
     """The lab's paths under one root. `<root>/shared` plays NFS: it lies
-    outside every bind mount, so both hosts see it at the same absolute path."""
+    outside every bind mount, so every host sees it at the same absolute path."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -107,13 +116,13 @@ class Layout:
         return f"qemu+unix:///system?socket={self.host_dir(host)}/run/libvirt-sock"
 
     def peer_uri(self, host: str) -> str:
-        """How the other host's libvirtd reaches this one (peer-to-peer migration)."""
+        """How another host's libvirtd reaches this one (peer-to-peer migration)."""
         return f"qemu+tcp://{hostdef(host).address}/system"
 
     def tls_uri(self, host: str) -> str:
         hd = hostdef(host)
         if not hd.listen_tls:
-            raise LabError(f"lab host {hd.key} does not listen for TLS; only host B does")
+            raise LabError(f"lab host {hd.key} does not listen for TLS; only hosts {say_keys(TLS_HOSTS)} do")
         return f"qemu+tls://{hd.address}/system"
 
     def migration_address(self, host: str) -> str:

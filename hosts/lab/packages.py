@@ -20,7 +20,7 @@ PACKAGES = (
     "busybox-static",
     "cpio",
     "iproute2",
-    "e2fsprogs",  # mkfs.ext4, for host B's images filesystem (imagefs.py)
+    "e2fsprogs",  # mkfs.ext4, for the images filesystems of hosts B and C (imagefs.py)
 )
 
 

@@ -185,40 +185,41 @@ class LabPki:
         )
 
 
-def ensure_lab_pki(layout: Layout) -> bool:
-    """The lab CA, a certificate per host and the files tests upload. True if (re)made."""
+def ensure_lab_pki(layout: Layout) -> set[str]:
+    """The lab CA, a certificate per host and the files tests upload. A host
+    without its certificate gets one from the CA there is; without the CA or
+    the files to upload, all of it is made afresh. Returns the keys of the
+    hosts whose certificates were (re)made."""
     ca_dir, pki = layout.root / "pki", LabPki.under(layout.root)
-    host_files = [layout.tls_dir(k) / f for k in HOSTS for f in ("ca-cert.pem", "server-cert.pem", "client-key.pem")]
-    wanted = [ca_dir / "ca-key.pem", pki.foreign_client_key, pki.client_pkipath / "clientkey.pem", *host_files]
-    if all(p.exists() for p in wanted):
-        return False
+    ca_files = [
+        ca_dir / "ca-key.pem",
+        ca_dir / "ca-cert.pem",
+        pki.foreign_client_key,
+        pki.client_pkipath / "clientkey.pem",
+    ]
+    lacking = {
+        k
+        for k in HOSTS
+        if not all((layout.tls_dir(k) / f).exists() for f in ("ca-cert.pem", "server-cert.pem", "client-key.pem"))
+    }
+    if all(p.exists() for p in ca_files):
+        if not lacking:
+            return set()
+        ca = Issued(
+            x509.load_pem_x509_certificate((ca_dir / "ca-cert.pem").read_bytes()),
+            serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), password=None),
+        )
+        _write(_host_files(layout, ca, lacking))
+        return lacking
     for d in (ca_dir, pki.client_pkipath, *(layout.tls_dir(k) for k in HOSTS)):
         d.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(UTC)
-
-    def lab_style(cn: str, key: object | None = None, valid_days: tuple[int, int] = (-1, CERT_VALID_DAYS)) -> dict:
-        return {
-            "cn": cn,
-            "key": key or rsa_key(),
-            "subject": name(cn, org=None),
-            "not_before": now + valid_days[0] * DAY,
-            "not_after": now + valid_days[1] * DAY,
-        }
-
-    ca = make_ca(**lab_style("lab CA"))
+    ca = make_ca(**_lab_style("lab CA"))
     files: dict[Path, bytes] = {ca_dir / "ca-cert.pem": ca.pem, ca_dir / "ca-key.pem": ca.key_pem()}
-    for key, hd in HOSTS.items():
-        # One certificate per host for both roles: QEMU's migration server and
-        # client, and libvirtd's TLS listener. The SAN must name the address
-        # the peer connects to (the migration address).
-        host = make_server(ca, hd.address, hd.hostname, **lab_style(hd.hostname))
-        d = layout.tls_dir(key)
-        files |= {d / "ca-cert.pem": ca.pem, d / "server-cert.pem": host.pem, d / "client-cert.pem": host.pem}
-        files |= {d / "server-key.pem": host.key_pem(), d / "client-key.pem": host.key_pem()}
-    client = make_client(ca, **lab_style("lab-dashboard"))
-    expired = make_client(ca, **lab_style("lab-dashboard-expired", key=client.key, valid_days=(-30, -1)))
-    other_ca = make_ca(**lab_style("some other CA"))
-    foreign = make_client(other_ca, **lab_style("lab-dashboard"))
+    files |= _host_files(layout, ca, set(HOSTS))
+    client = make_client(ca, **_lab_style("lab-dashboard"))
+    expired = make_client(ca, **_lab_style("lab-dashboard-expired", key=client.key, valid_days=(-30, -1)))
+    other_ca = make_ca(**_lab_style("some other CA"))
+    foreign = make_client(other_ca, **_lab_style("lab-dashboard"))
     files |= {
         pki.ca_cert: ca.pem,
         pki.client_cert: client.pem,
@@ -232,7 +233,37 @@ def ensure_lab_pki(layout: Layout) -> bool:
         pki.client_pkipath / "clientcert.pem": client.pem,
         pki.client_pkipath / "clientkey.pem": client.key_pem(),
     }
+    _write(files)
+    return set(HOSTS)
+
+
+def _lab_style(cn: str, key: object | None = None, valid_days: tuple[int, int] = (-1, CERT_VALID_DAYS)) -> dict:
+    now = dt.datetime.now(UTC)
+    return {
+        "cn": cn,
+        "key": key or rsa_key(),
+        "subject": name(cn, org=None),
+        "not_before": now + valid_days[0] * DAY,
+        "not_after": now + valid_days[1] * DAY,
+    }
+
+
+def _host_files(layout: Layout, ca: Issued, keys: set[str]) -> dict[Path, bytes]:
+    files: dict[Path, bytes] = {}
+    for key in keys:
+        hd = HOSTS[key]
+        # One certificate per host for both roles: QEMU's migration server and
+        # client, and libvirtd's TLS listener. The SAN must name the address
+        # the peer connects to (the migration address).
+        host = make_server(ca, hd.address, hd.hostname, **_lab_style(hd.hostname))
+        d = layout.tls_dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        files |= {d / "ca-cert.pem": ca.pem, d / "server-cert.pem": host.pem, d / "client-cert.pem": host.pem}
+        files |= {d / "server-key.pem": host.key_pem(), d / "client-key.pem": host.key_pem()}
+    return files
+
+
+def _write(files: dict[Path, bytes]) -> None:
     for path, data in files.items():
         path.write_bytes(data)
         path.chmod(0o600 if path.name.endswith("key.pem") else 0o644)
-    return True

@@ -1,4 +1,5 @@
-"""What `lab status` reports: per host its namespace, daemon and guests."""
+"""What `lab status` reports: per host its namespace, daemon and guests; the
+switch that joins the hosts, and the routes to the TLS hosts."""
 
 from __future__ import annotations
 
@@ -33,16 +34,26 @@ class HostStatus:
 class LabStatus:
     root: Path
     hosts: dict[str, HostStatus]
-    tls_route: bool
+    switch: bool  # its namespace exists (network.SWITCH_NETNS)
+    tls_routes: dict[str, bool]  # per TLS host, whether this namespace has its route there
     faults: tuple[str, ...] = ()  # injected by a test and not undone yet (faults.Faults.active)
 
     @property
     def healthy(self) -> bool:
-        return self.tls_route and all(h.healthy for h in self.hosts.values()) and not self.faults
+        return (
+            self.switch
+            and all(self.tls_routes.values())
+            and all(h.healthy for h in self.hosts.values())
+            and not self.faults
+        )
 
     @property
     def down(self) -> bool:
-        return not self.tls_route and not any(h.netns_exists or h.daemon_alive for h in self.hosts.values())
+        return (
+            not self.switch
+            and not any(self.tls_routes.values())
+            and not any(h.netns_exists or h.daemon_alive for h in self.hosts.values())
+        )
 
     def describe(self) -> str:
         verdict = "up" if self.healthy else "down" if self.down else "half up (run `lab up` to repair)"
@@ -62,5 +73,7 @@ class LabStatus:
             )
             for g in h.guests:
                 lines.append(f"    {g.name:<12} {g.state}")
-        lines.append(f"  route from this namespace to B's TLS port: {'yes' if self.tls_route else 'no'}")
+        lines.append(f"  switch joining the hosts: {'present' if self.switch else 'MISSING'}")
+        routes = ", ".join(f"{key} {'yes' if present else 'NO'}" for key, present in self.tls_routes.items())
+        lines.append(f"  routes from this namespace to the TLS ports: {routes}")
         return "\n".join(lines)

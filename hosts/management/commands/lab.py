@@ -1,4 +1,4 @@
-"""`manage.py lab up [--register] [--no-guests] | down | status`: the two-host libvirt lab."""
+"""`manage.py lab up [--register] [--no-guests] | down | status`: the three-host libvirt lab."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hosts.lab import Lab, LabError
+from hosts.lab import HOSTS, Lab, LabError
 
 
 class _StdoutHandler(logging.Handler):
@@ -22,12 +22,13 @@ class _StdoutHandler(logging.Handler):
 
 
 class Command(BaseCommand):
-    help = "Run two real libvirt hosts on this machine (the lab): up, down or status."
+    help = "Run three real libvirt hosts on this machine (the lab): up, down or status."
 
     def add_arguments(self, parser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="{up,down,status}")
         up = actions.add_parser("up", help="bring the lab up, or repair it (idempotent)")
-        up.add_argument("--register", action="store_true", help="also create/update hosts lab-a and lab-b")
+        names = ", ".join(f"lab-{key.lower()}" for key in HOSTS)
+        up.add_argument("--register", action="store_true", help=f"also create/update hosts {names}")
         up.add_argument("--no-guests", action="store_true", help="define the demo guests but do not start them")
         actions.add_parser("down", help="stop everything the lab started and remove its namespaces")
         actions.add_parser("status", help="show daemons, namespaces and guests")

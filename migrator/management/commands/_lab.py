@@ -20,16 +20,18 @@ from migrator.roles import OPERATORS
 
 
 def lab_with_hosts() -> tuple[Lab, Host, Host]:
+    """The lab, up, with every host registered; hosts lab-a and lab-b, the
+    source and the destination of the benchmarks' migrations."""
     reason = Lab.cannot_run_reason()
     if reason:
         raise CommandError(f"The lab cannot run here: {reason}")
     lab = Lab()
     try:
         lab.up(start_guests=False)
-        a, b = lab.register()
+        hosts = {host.name: host for host in lab.register()}
     except LabError as error:
         raise CommandError(str(error)) from None
-    return lab, a, b
+    return lab, hosts["lab-a"], hosts["lab-b"]
 
 
 def bench_user():
