@@ -44,7 +44,7 @@ from .models import (
     completed_stats,
     final_sample_stats,
 )
-from .parameters import MigrationParameters, disk_words
+from .parameters import MigrationParameters, disk_words, timeout_fired_words
 from .prechecks import run_prechecks
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ class Executor:
             pending_actions=self._pending_actions,
             on_action=self._on_action,
             on_postcopy=m.mark_postcopy,
+            on_timeout=self._on_timeout,
             # The monitor thread's callbacks use its own database connection:
             # a failed one is dropped, and the next tick opens a fresh one.
             on_callback_error=lambda exc: connections.close_all(),
@@ -209,6 +210,7 @@ class Executor:
             **outcome.applied,
             "pin_mode": outcome.pin_mode,
             "timeout_action_taken": outcome.timeout_action_taken,
+            "timeout_fired": outcome.timeout_fired,
             "compression": spec.compression or None,
         }
         if spec.postcopy_resume:
@@ -222,7 +224,7 @@ class Executor:
             return
         note = ""
         if outcome.timeout_action_taken == "abort":
-            note = f"Timeout of {spec.timeout_s} s reached: aborted as requested."
+            note = timeout_fired_words(outcome.timeout_fired or "completion", "abort", self.parameters)
         cancelled = run.aborted and m.state == MigrationState.CANCELLING
         self._settle_failure(outcome.error, cancelled=cancelled, note=note, outcome=outcome)
 
@@ -265,6 +267,28 @@ class Executor:
     def _pending_actions(self) -> list[gateway.JobAction]:
         pending = MigrationAction.objects.filter(migration_id=self.migration.pk, applied_at__isnull=True)
         return [gateway.JobAction(a.pk, a.kind, a.value) for a in pending]
+
+    def _on_timeout(self, fired: str, action: str, refused: str) -> None:
+        """A timeout took its action (in the monitor thread): the timeline
+        and the audit log say which one, and what came of it."""
+        m = self.migration
+        words = timeout_fired_words(fired, action, self.parameters)
+        if refused:
+            words = f"{words[:-1]}, but libvirt refused: {refused}"
+        m.log("timeout", words)
+        if action == "postcopy" and not refused:
+            # libvirt switched: from here on the destination runs the VM,
+            # whether or not a reading catches the source paused for it.
+            m.mark_postcopy()
+        self._audit(
+            "migration.timeout",
+            timeout=fired,
+            timeout_action=action,
+            policy=self.parameters.policy,
+            timeout_s=self.parameters.timeout_s if fired == "completion" else self.parameters.progress_timeout_s,
+            result=refused or "taken",
+        )
+        m.announce()
 
     def _on_action(self, action: gateway.JobAction, ok: bool, message: str, stats: dict[str, Any]) -> None:
         m = self.migration
@@ -354,10 +378,11 @@ class Executor:
         self._on_sample(final_sample_stats(final))
         notes = ([note] if note else []) + self._stall_notes()
         taken = outcome.timeout_action_taken if outcome else ""
+        fired = (outcome.timeout_fired if outcome else "") or "completion"
         if taken == "suspend":
-            notes.append("The timeout suspended the VM so the copy could finish; the downtime includes that pause.")
+            notes.append(f"{timeout_fired_words(fired, taken, self.parameters)} The downtime includes that pause.")
         elif taken == "postcopy":
-            notes.append("The timeout switched the migration to post-copy.")
+            notes.append(timeout_fired_words(fired, taken, self.parameters))
         if run is not None and outcome is not None and outcome.pin_mode == "emulator":
             try:
                 run.restore_pin_on(self.dst_uri)

@@ -4,17 +4,20 @@ default, validated together in `clean()`, then checked against the live hosts
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.validators import MaxLengthValidator
+from django.utils import timezone
 
 from hosts import gateway
 from hosts.inventory import disk_verdicts
 from hosts.models import Host, StorageClass, VirtualMachine
 
+from . import policies
 from .models import ActionKind
 from .parameters import LEVEL_RANGES, MigrationParameters
 from .prechecks import Report, run_prechecks
@@ -32,6 +35,8 @@ COMPRESSION_LABELS = {
     "zstd": "zstd (multifd; needs parallel connections)",
 }
 DEFAULT_MAX_DOWNTIME_MS = 500
+START_AT_MAX_DAYS = 30
+START_AT_FORMAT = "%Y-%m-%dT%H:%M"
 
 
 class DiskCheckboxes(forms.CheckboxSelectMultiple):
@@ -51,6 +56,61 @@ class DiskCheckboxes(forms.CheckboxSelectMultiple):
 
 class MigrationForm(forms.Form):
     destination = forms.ModelChoiceField(queryset=Host.objects.none(), empty_label=None)
+    policy = forms.ChoiceField(
+        choices=policies.CHOICES,
+        initial=policies.DEFAULT_POLICY,
+        widget=forms.RadioSelect,
+        label="Migration policy",
+        error_messages={
+            "required": "Choose a migration policy.",
+            "invalid_choice": "There is no migration policy named %(value)s; choose one of "
+            + ", ".join(policies.POLICIES)
+            + ".",
+        },
+    )
+    postcopy_after_s = forms.IntegerField(
+        min_value=1,
+        max_value=86400,
+        required=False,
+        initial=policies.DEFAULT_POSTCOPY_AFTER_S,
+        label="N: switch to post-copy after (s)",
+        error_messages={
+            "min_value": "Post-copy starts after at least 1 s of pre-copy.",
+            "max_value": "Post-copy starts after at most 86400 s (a day) of pre-copy.",
+        },
+        help_text="Post-copy after N s only: seconds of pre-copy before the switch.",
+    )
+    completion_timeout_per_gib_s = forms.IntegerField(
+        min_value=1,
+        max_value=86400,
+        required=False,
+        initial=policies.DEFAULT_COMPLETION_TIMEOUT_PER_GIB_S,
+        label="Completion timeout (s per GiB)",
+        error_messages={
+            "min_value": "The completion timeout is at least 1 s per GiB; leave it empty for none.",
+            "max_value": "The completion timeout is at most 86400 s per GiB; leave it empty for none.",
+        },
+        help_text="Seconds per GiB of memory and copied disk (Nova uses 800, KubeVirt 150): a migration still "
+        "running after that takes the policy's action. Empty = none.",
+    )
+    progress_timeout_s = forms.IntegerField(
+        min_value=1,
+        max_value=86400,
+        required=False,
+        initial=policies.DEFAULT_PROGRESS_TIMEOUT_S,
+        label="Progress timeout (s)",
+        error_messages={
+            "min_value": "The progress timeout is at least 1 s; leave it empty for none.",
+            "max_value": "The progress timeout is at most 86400 s (a day); leave it empty for none.",
+        },
+        help_text="When the remaining data has not fallen for this long, take the policy's action. Empty = none.",
+    )
+    start_at = forms.DateTimeField(
+        required=False,
+        label="Start at",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=START_AT_FORMAT),
+        help_text="Empty = now. A time within 30 days, in the server's time zone.",
+    )
     disks = forms.MultipleChoiceField(
         required=False,
         widget=DiskCheckboxes,
@@ -118,7 +178,12 @@ class MigrationForm(forms.Form):
         label="Timeout (s)",
         help_text="After this many seconds of pre-copy, take the action below. Empty = no timeout.",
     )
-    timeout_action = forms.ChoiceField(choices=TIMEOUT_ACTIONS, initial="suspend", required=False)
+    timeout_action = forms.ChoiceField(
+        choices=TIMEOUT_ACTIONS,
+        initial="suspend",
+        required=False,
+        help_text="What this timeout, the completion timeout and the progress timeout do.",
+    )
     compression = forms.ChoiceField(
         required=False,
         help_text="Only the methods this host's libvirt and QEMU support are offered.",
@@ -210,6 +275,14 @@ class MigrationForm(forms.Form):
             self.fields["bandwidth_mib_s"].help_text += f" Currently set on the VM (migrate-getspeed): {current}."
         if destination is not None:
             self._offer_tls(destination)
+        zone = timezone.get_current_timezone_name()
+        self.fields[
+            "start_at"
+        ].help_text = f"Empty = now. A time within {START_AT_MAX_DAYS} days, in the server's time zone ({zone})."
+        self.fields["start_at"].error_messages["invalid"] = (
+            f"Write the start time as YYYY-MM-DD HH:MM in the server's time zone ({zone}), or leave it empty "
+            "to start now."
+        )
         if features and not features.migration_pin:
             self.fields["pin_cpus"].help_text += (
                 " This host's libvirt has no migration.pin; the QEMU emulator threads are pinned instead for "
@@ -277,8 +350,26 @@ class MigrationForm(forms.Form):
             raise forms.ValidationError(f"{exc} Write a list such as 0-1 or 0,2.") from None
         return value
 
+    def clean_start_at(self):
+        value = self.cleaned_data.get("start_at")
+        if value is None:
+            return None
+        now = timezone.now()
+        shown = timezone.localtime(value).strftime("%Y-%m-%d %H:%M %Z")
+        if value <= now:
+            raise forms.ValidationError(
+                f"Start at {shown} is in the past; choose a later time, or leave it empty to start now."
+            )
+        if value > now + timedelta(days=START_AT_MAX_DAYS):
+            latest = timezone.localtime(now + timedelta(days=START_AT_MAX_DAYS)).strftime("%Y-%m-%d %H:%M")
+            raise forms.ValidationError(
+                f"Start at {shown} is more than {START_AT_MAX_DAYS} days ahead; choose a time before {latest}."
+            )
+        return value
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        self._clean_policy(cleaned)
         self._clean_combinations(cleaned)
         if self.errors:
             return cleaned
@@ -294,12 +385,31 @@ class MigrationForm(forms.Form):
                 self.add_error(None, f"{check.name}: {check.message}")
         return cleaned
 
+    def _clean_policy(self, cleaned: dict[str, Any]) -> None:
+        name = cleaned.get("policy")
+        if not name:
+            return
+        per_gib, progress = cleaned.get("completion_timeout_per_gib_s"), cleaned.get("progress_timeout_s")
+        if name == policies.POSTCOPY_AFTER and not cleaned.get("postcopy_after_s") and "postcopy_after_s" in cleaned:
+            self.add_error(
+                "postcopy_after_s", "Post-copy after N s needs N: the seconds of pre-copy before the switch (e.g. 30)."
+            )
+        if name == policies.SUSPEND_IF_NEEDED and not per_gib and not progress:
+            self.add_error(
+                "completion_timeout_per_gib_s",
+                "Suspend if needed suspends the VM at the completion or the progress timeout: set at least one.",
+            )
+        if name == policies.CUSTOM:
+            timed = cleaned.get("timeout_s") or per_gib or progress
+            if timed and not cleaned.get("timeout_action"):
+                self.add_error("timeout_action", "Choose what happens when a timeout is reached.")
+            if not timed:
+                cleaned["timeout_action"] = ""
+
     def _clean_combinations(self, cleaned: dict[str, Any]) -> None:
         timeout, action = cleaned.get("timeout_s"), cleaned.get("timeout_action")
-        if timeout and not action:
+        if timeout and not action and not cleaned.get("policy"):
             self.add_error("timeout_action", "Choose what happens when the timeout is reached.")
-        if not timeout:
-            cleaned["timeout_action"] = ""
         method = cleaned.get("compression") or ""
         parallel = cleaned.get("parallel_connections") or 0
         if parallel == 1:
@@ -311,6 +421,8 @@ class MigrationForm(forms.Form):
                 "or choose another method.",
             )
         postcopy = cleaned.get("allow_postcopy") or (timeout and action == "postcopy")
+        if cleaned.get("policy") in policies.POLICIES:
+            postcopy = self._effective(cleaned).allows_postcopy
         if postcopy and method in ("mt", "zlib", "zstd"):
             self.add_error("compression", "QEMU cannot combine post-copy with compression; choose one of the two.")
         elif postcopy and parallel >= 2:
@@ -340,9 +452,23 @@ class MigrationForm(forms.Form):
                 "defined nowhere; keep one of the two.",
             )
 
-    def parameters(self) -> MigrationParameters:
-        """The requested parameters, as the record stores them."""
+    def _effective(self, cleaned: dict[str, Any]) -> MigrationParameters:
+        raw = MigrationParameters.from_form(cleaned, self.vm.disks)
+        return policies.get(cleaned.get("policy") or policies.DEFAULT_POLICY).parameters(raw, self.vm.memory_kib)
+
+    def raw_parameters(self) -> MigrationParameters:
+        """What the operator entered, before the policy: the custom values
+        and every policy's settings (what the review step compares)."""
         return MigrationParameters.from_form(self.cleaned_data, self.vm.disks)
+
+    def parameters(self) -> MigrationParameters:
+        """The requested parameters under the chosen policy, as the record stores them."""
+        return self._effective(self.cleaned_data)
+
+    @property
+    def scheduled_start(self):
+        """The scheduled start (an aware datetime), or None: now."""
+        return self.cleaned_data.get("start_at")
 
 
 class ActionForm(forms.Form):

@@ -36,8 +36,18 @@ class MigrationParameters:
     # Post-copy allowed (VIR_MIGRATE_POSTCOPY): the operator may switch to it
     # while the migration runs; the timeout action may too.
     allow_postcopy: bool = False
+    # The timeout the migration runs with (the explicit one, or the
+    # completion timeout when that is shorter) and what it does; the progress
+    # timeout takes the same action.
     timeout_s: int | None = None
     timeout_action: str = ""
+    # The migration policy (migrator.policies) and its settings; records made
+    # before policies hold none of them and read as "custom" without timeouts.
+    policy: str = "custom"
+    postcopy_after_s: int | None = None  # the N of "post-copy after N s"
+    completion_timeout_per_gib_s: int | None = None  # seconds per GiB of memory + copied disk
+    completion_timeout_s: int | None = None  # the above for this VM's size
+    progress_timeout_s: int | None = None  # remaining data has not fallen for this long
     compression: str = ""
     compression_level: int | None = None
     compression_threads: int | None = None
@@ -67,7 +77,11 @@ class MigrationParameters:
             auto_converge=bool(data.get("auto_converge")),
             allow_postcopy=bool(data.get("allow_postcopy")),
             timeout_s=data.get("timeout_s"),
-            timeout_action=(data.get("timeout_action") or "") if data.get("timeout_s") else "",
+            timeout_action=(data.get("timeout_action") or "") if any(data.get(k) for k in TIMEOUT_KEYS) else "",
+            policy=data.get("policy") or "custom",
+            postcopy_after_s=data.get("postcopy_after_s"),
+            completion_timeout_per_gib_s=data.get("completion_timeout_per_gib_s"),
+            progress_timeout_s=data.get("progress_timeout_s"),
             compression=method,
             compression_level=(DEFAULT_COMPRESSION_LEVEL if level is None else level)
             if method in LEVEL_RANGES
@@ -98,6 +112,7 @@ class MigrationParameters:
             known[name] = int(known.get(name) or 0)
         for name in ("timeout_action", "compression", "pin_cpus"):
             known[name] = known.get(name) or ""
+        known["policy"] = known.get("policy") or "custom"
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
     def as_record(self) -> dict[str, Any]:
@@ -119,7 +134,7 @@ class MigrationParameters:
 
     @property
     def effective_timeout_action(self) -> str:
-        return self.timeout_action if self.timeout_s else ""
+        return self.timeout_action if self.timeout_s or self.progress_timeout_s else ""
 
     def to_spec(self, destination: Host) -> gateway.MigrationSpec:
         """libvirt's side: migrateToURI3's destination, typed parameters and flags."""
@@ -149,6 +164,7 @@ class MigrationParameters:
             pin_with_migration_param=bool(self.pin_cpus) and gateway.SUPPORTS_MIGRATION_PIN_PARAM,
             timeout_s=self.timeout_s,
             timeout_action=self.effective_timeout_action,
+            progress_timeout_s=self.progress_timeout_s,
         )
 
     def planner_input(self, **measured: Any) -> planner.PlanInput:
@@ -161,12 +177,16 @@ class MigrationParameters:
             parallel_connections=max(1, self.parallel_connections),
             timeout_s=self.timeout_s or None,
             timeout_action=self.effective_timeout_action or None,
+            progress_timeout_s=self.progress_timeout_s or None,
             **measured,
         )
 
     def describe(self) -> list[tuple[str, str]]:
         return describe(self)
 
+
+# Any of these set: the migration has a timeout, and its action is kept.
+TIMEOUT_KEYS = ("timeout_s", "completion_timeout_per_gib_s", "progress_timeout_s", "postcopy_after_s")
 
 TIMEOUT_ACTION_WORDS = {
     "suspend": "suspend the VM so the copy finishes",
@@ -207,10 +227,50 @@ def describe_disk_plan(vm: VirtualMachine, parameters: MigrationParameters) -> l
     return lines
 
 
+def policy_words(record: dict[str, Any]) -> str:
+    """'Post-copy after N s (N = 30 s)', from a record."""
+    from . import policies  # policies build on MigrationParameters
+
+    name = record.get("policy") or "custom"
+    try:
+        policy = policies.get(name)
+    except policies.UnknownPolicy:
+        return name
+    if policy.name == policies.POSTCOPY_AFTER and record.get("postcopy_after_s"):
+        return f"{policy.label} (N = {record['postcopy_after_s']} s)"
+    return policy.label
+
+
+TIMEOUT_FIRED_WORDS = {
+    "completion": "the completion timeout",
+    "progress": "the progress timeout",
+}
+
+
+def timeout_fired_words(fired: str, action: str, record: dict[str, Any] | MigrationParameters) -> str:
+    """What fired and what it did, in plain words: 'The progress timeout fired
+    (the remaining data had not fallen for 20 s): the migration was aborted;
+    the VM stays on the source.'"""
+    p = MigrationParameters.from_record(record)
+    if fired == "progress":
+        why = f"the remaining data had not fallen for {p.progress_timeout_s} s"
+    elif p.completion_timeout_s and p.timeout_s == p.completion_timeout_s:
+        why = f"{p.timeout_s} s had passed: {p.completion_timeout_per_gib_s} s per GiB of memory and copied disk"
+    else:
+        why = f"{p.timeout_s} s had passed"
+    what = TIMEOUT_FIRED_WORDS.get(fired, "the timeout")
+    done = {
+        "abort": "the migration was aborted; the VM stays on the source",
+        "suspend": "the VM was suspended so the copy finishes",
+        "postcopy": "the migration switched to post-copy",
+    }.get(action, action)
+    return f"{what[0].upper()}{what[1:]} fired ({why}): {done}."
+
+
 def describe(parameters: MigrationParameters | dict[str, Any]) -> list[tuple[str, str]]:
     """The requested parameters of a migration record, as label/value rows."""
     p = MigrationParameters.from_record(parameters).as_record()
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str]] = [("Policy", policy_words(p))]
     plan = p.get("disk_plan") or [{"target": t} for t in p.get("disks") or []]
     if plan:
         rows.append(("Copy disks", ", ".join(disk_words(d) for d in plan)))
@@ -235,11 +295,23 @@ def describe(parameters: MigrationParameters | dict[str, Any]) -> list[tuple[str
     rows.append(("Bandwidth limit", f"{bandwidth} MiB/s" if bandwidth else "unlimited"))
     rows.append(("Auto-converge", "on" if p.get("auto_converge") else "off"))
     rows.append(("Post-copy", "allowed (switch from the live page)" if p.get("allow_postcopy") else "not allowed"))
+    action = TIMEOUT_ACTION_WORDS.get(p.get("timeout_action") or "", p.get("timeout_action") or "")
     if p.get("timeout_s"):
-        action = TIMEOUT_ACTION_WORDS.get(p.get("timeout_action") or "", p.get("timeout_action") or "")
         rows.append(("Timeout", f"after {p['timeout_s']} s, {action}"))
     else:
         rows.append(("Timeout", "none"))
+    per_gib = p.get("completion_timeout_per_gib_s")
+    if per_gib:
+        for_vm = f": {p['completion_timeout_s']} s for this VM" if p.get("completion_timeout_s") else ""
+        rows.append(("Completion timeout", f"{per_gib} s per GiB of memory and copied disk{for_vm}, then {action}"))
+    else:
+        rows.append(("Completion timeout", "none"))
+    if p.get("progress_timeout_s"):
+        rows.append(
+            ("Progress timeout", f"when the remaining data has not fallen for {p['progress_timeout_s']} s, {action}")
+        )
+    else:
+        rows.append(("Progress timeout", "none"))
     method = p.get("compression") or ""
     if method:
         details = []

@@ -4,6 +4,7 @@ pre-check verdict) → disks and parameters → review → start."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from django import forms
 from django.contrib import messages
@@ -11,17 +12,19 @@ from django.core import signing
 from django.db import IntegrityError, connections
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from hosts import gateway
 from hosts.connection import connect_uri
 from hosts.inventory import disk_verdicts
 from hosts.models import Host, VirtualMachine
 
+from . import policies
 from .audit.requests import audit, client_address
-from .forms import MigrationForm
+from .forms import START_AT_FORMAT, MigrationForm
 from .jobs import queue_migration
 from .models import Migration
-from .parameters import MigrationParameters, describe_disk_plan
+from .parameters import DEFAULT_PLANNER_DOWNTIME_MS, MigrationParameters, describe_disk_plan
 from .planning.dirtyrate import vm_dirty_rate_context
 from .planning.prediction import predict_for
 from .prechecks import Report, read_source_facts, run_prechecks
@@ -132,7 +135,14 @@ def choose_parameters(request, vm: VirtualMachine, destination: Host, form: Migr
     return render(
         request,
         "migrator/new_parameters.html",
-        {"vm": vm, "destination": destination, "form": form, "features": features, "disks": disks},
+        {
+            "vm": vm,
+            "destination": destination,
+            "form": form,
+            "features": features,
+            "disks": disks,
+            "policy_choices": list(zip(form["policy"], policies.POLICIES.values(), strict=True)),
+        },
     )
 
 
@@ -148,6 +158,8 @@ def review(request, vm: VirtualMachine, destination: Host):
         return choose_parameters(request, vm, destination, form)
     parameters = form.parameters()
     prediction = predict_for(vm, destination, parameters)
+    # Every policy's outcome beside the chosen one's, from the same measurements.
+    prediction["policies"] = policies.predict_all(vm, destination, form.raw_parameters(), parameters.policy)
     # What the operator sees here is what the record keeps: signed, so the
     # start step stores this report and prediction, not a recomputed pair.
     reviewed = signing.dumps(
@@ -165,10 +177,12 @@ def review(request, vm: VirtualMachine, destination: Host):
             "report": form.report,
             "parameters": parameters,
             "prediction": prediction,
+            "start_at": form.scheduled_start,
             "hidden": _post_items(form, {}),
             "reviewed": reviewed,
             "applies": [
-                (change, _post_items(form, change["changes"])) for change in prediction.get("form_changes", [])
+                (change, _post_items(form, _as_custom(parameters, change["changes"])))
+                for change in prediction.get("form_changes", [])
             ],
             # Measure the dirty rate right here; the page then offers to update the prediction.
             **vm_dirty_rate_context(request, vm),
@@ -204,6 +218,7 @@ def start(request, vm: VirtualMachine, destination: Host):
             user=request.user,
             client_address=client_address(request),
             prediction=reviewed["prediction"],
+            not_before=form.scheduled_start,
         )
     except IntegrityError:
         # R2: a double submit (or a second operator) finds the first migration.
@@ -219,8 +234,30 @@ def start(request, vm: VirtualMachine, destination: Host):
         destination=destination.name,
         parameters=migration.parameters,
     )
-    messages.success(request, f"Migration #{migration.pk} of {vm.name} queued.")
+    if form.scheduled_start:
+        when = timezone.localtime(form.scheduled_start).strftime("%Y-%m-%d %H:%M %Z")
+        messages.success(request, f"Migration #{migration.pk} of {vm.name} is scheduled for {when}.")
+    else:
+        messages.success(request, f"Migration #{migration.pk} of {vm.name} queued.")
     return redirect(migration)
+
+
+def _as_custom(parameters: MigrationParameters, changes: dict) -> dict:
+    """A recommendation's form changes: under a preset that decides what the
+    change touches, the preset's own values become the custom ones first, so
+    the change applies on top of what the operator reviewed."""
+    if parameters.policy == policies.CUSTOM or not set(changes) & set(policies.CONVERGENCE_FIELDS):
+        return changes
+    own = parameters.postcopy_after_s if parameters.policy == policies.POSTCOPY_AFTER else None
+    return {
+        "policy": policies.CUSTOM,
+        "max_downtime_ms": parameters.max_downtime_ms or int(DEFAULT_PLANNER_DOWNTIME_MS),
+        "auto_converge": parameters.auto_converge,
+        "allow_postcopy": parameters.allow_postcopy,
+        "timeout_s": own or "",
+        "timeout_action": parameters.timeout_action or "abort",
+        **changes,
+    }
 
 
 def _post_items(form: MigrationForm, overrides: dict) -> list[tuple[str, str]]:
@@ -238,6 +275,8 @@ def _post_items(form: MigrationForm, overrides: dict) -> list[tuple[str, str]]:
                 items.append((name, "on"))
         elif isinstance(value, list | tuple):
             items.extend((name, str(v)) for v in value)
+        elif isinstance(value, datetime):
+            items.append((name, timezone.localtime(value).strftime(START_AT_FORMAT)))
         else:
             items.append((name, "" if value is None else str(value)))
     return items

@@ -220,7 +220,12 @@ def test_it_samples_fast_until_libvirt_sized_the_job_and_records_one_setup_readi
     no_job = {"type": gateway.JobType.NONE}
     recorded = []
     spec = SimpleNamespace(
-        timeout_s=None, timeout_action="", max_downtime_ms=None, allows_postcopy=False, postcopy_resume=False
+        timeout_s=None,
+        timeout_action="",
+        progress_timeout_s=None,
+        max_downtime_ms=None,
+        allows_postcopy=False,
+        postcopy_resume=False,
     )
     run = gateway.MigrationRun("qemu:///fake", "uuid", spec, on_sample=recorded.append, sample_interval_s=0.5)
     dom = FakeDomain(

@@ -48,6 +48,8 @@ class MigrationSpec:
     pin_with_migration_param: bool = False
     timeout_s: int | None = None
     timeout_action: str = ""
+    # The remaining data has not fallen for this long: take timeout_action too.
+    progress_timeout_s: int | None = None
     # Recover a post-copy migration that lost its link (same flags and
     # parameters as the interrupted one, plus VIR_MIGRATE_POSTCOPY_RESUME).
     postcopy_resume: bool = False
@@ -155,6 +157,9 @@ class MigrationOutcome:
     applied: dict[str, Any] = field(default_factory=dict)
     timeout_action_taken: str = ""
     pin_mode: str = ""
+    # Which timeout took its action: "completion" (timeout_s from the start)
+    # or "progress" (the remaining data stopped falling).
+    timeout_fired: str = ""
     # The watch saw the source paused for post-copy: the VM ran on the
     # destination before the job ended.
     postcopy_started: bool = False
@@ -202,6 +207,7 @@ class MigrationRun:
         pending_actions: Callable[[], list[JobAction]] | None = None,
         on_action: Callable[[JobAction, bool, str, dict[str, Any]], None] | None = None,
         on_postcopy: Callable[[], None] | None = None,
+        on_timeout: Callable[[str, str, str], None] | None = None,
         on_callback_error: Callable[[BaseException], None] | None = None,
         on_monitor_end: Callable[[], None] | None = None,
         sample_interval_s: float = 0.5,
@@ -214,6 +220,9 @@ class MigrationRun:
         self.pending_actions = pending_actions or (lambda: [])
         self.on_action = on_action or (lambda action, ok, message, stats: None)
         self.on_postcopy = on_postcopy or (lambda: None)
+        # (fired, action, result): which timeout fired, its action, and
+        # libvirt's refusal when the action failed ("" when it was taken).
+        self.on_timeout = on_timeout or (lambda fired, action, result: None)
         self.on_callback_error = on_callback_error or (lambda exc: None)
         # Called in the monitor thread as it ends, to release what the callbacks
         # held there (a database connection, say).
@@ -221,6 +230,7 @@ class MigrationRun:
         self.sample_interval_s = sample_interval_s
         self.applied: dict[str, Any] = {}
         self.timeout_action_taken = ""
+        self.timeout_fired = ""
         self.aborted = False  # an abort was asked for (by the operator or the timeout)
         self.abort_confirmed = False  # libvirt accepted abortJob
         self.postcopy_started = False
@@ -261,6 +271,7 @@ class MigrationRun:
                     self.applied,
                     self.timeout_action_taken,
                     pin_mode,
+                    timeout_fired=self.timeout_fired,
                     postcopy_started=self.postcopy_started,
                     source_connection_lost=lost,
                     resume_gave_up=self.resume_gave_up,
@@ -277,6 +288,7 @@ class MigrationRun:
                 self.applied,
                 self.timeout_action_taken,
                 pin_mode,
+                timeout_fired=self.timeout_fired,
                 postcopy_started=self.postcopy_started,
             )
         except libvirt.libvirtError as exc:
@@ -397,6 +409,7 @@ class MigrationRun:
             started = time.monotonic()
             downtime_pending = self.applied.get("max_downtime_ms", 0) is None
             sized = setup_recorded = False
+            progress = ProgressWatch(self.spec.progress_timeout_s)
             while not self._done.is_set():
                 try:
                     stats = job_stats(dom)
@@ -423,14 +436,13 @@ class MigrationRun:
                     ok, message = self._apply_action(dom, action)
                     self._callback(self.on_action, action, ok, message, dict(self.last_stats))
                 spec = self.spec
-                if (
-                    spec.timeout_s
-                    and spec.timeout_action
-                    and not self.timeout_action_taken
-                    and time.monotonic() - started >= spec.timeout_s
-                    and stats
-                ):
-                    self._take_timeout_action(dom)
+                if sized and stats:
+                    progress.note(stats.get("data_remaining"))
+                if spec.timeout_action and not self.timeout_action_taken and stats and not self.postcopy_started:
+                    if spec.timeout_s and time.monotonic() - started >= spec.timeout_s:
+                        self._take_timeout_action(dom, "completion")
+                    elif progress.expired():
+                        self._take_timeout_action(dom, "progress")
                 # Until libvirt has sized the job (the disk mirrors or the
                 # first pass start) poll fast, so that even a sub-second
                 # migration gets a first reading with its sizes.
@@ -497,9 +509,10 @@ class MigrationRun:
             return False, f"libvirt refused: {exc.get_error_message()}"
         return False, f"Unknown action {action.kind!r}."
 
-    def _take_timeout_action(self, dom: libvirt.virDomain) -> None:
+    def _take_timeout_action(self, dom: libvirt.virDomain, fired: str = "completion") -> None:
         action = self.spec.timeout_action
         self.timeout_action_taken = action
+        self.timeout_fired = fired
         try:
             if action == "suspend":
                 # The guide's --timeout: pause the guest so the copy finishes;
@@ -512,6 +525,36 @@ class MigrationRun:
                 self._try_abort(dom)
         except libvirt.libvirtError as exc:
             self.timeout_action_taken = f"{action} failed: {exc.get_error_message()}"
+        result = "" if self.timeout_action_taken == action else self.timeout_action_taken
+        self._callback(self.on_timeout, fired, action, result)
+
+
+# The remaining data must fall by more than this to count as progress: a
+# reading that lands a page lower in the next pass is not a step forward.
+PROGRESS_MIN_FALL_BYTES = 1024 * 1024
+
+
+class ProgressWatch:
+    """The progress timeout: expired once the remaining data has not fallen
+    below its lowest reading (by PROGRESS_MIN_FALL_BYTES) for `timeout_s`,
+    counted from the first sized reading. Pre-copy's remaining data falls
+    during each pass and jumps back at the next one: only a new low counts."""
+
+    def __init__(self, timeout_s: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.lowest: int | None = None
+        self.fell_at: float | None = None
+
+    def note(self, remaining: Any) -> None:
+        if not self.timeout_s or remaining is None:
+            return
+        remaining = int(remaining)
+        if self.lowest is None or remaining < self.lowest - PROGRESS_MIN_FALL_BYTES:
+            self.lowest, self.fell_at = remaining, self.clock()
+
+    def expired(self) -> bool:
+        return bool(self.timeout_s) and self.fell_at is not None and self.clock() - self.fell_at >= self.timeout_s
 
 
 POSTCOPY_PAUSE_REASONS = (libvirt.VIR_DOMAIN_PAUSED_POSTCOPY, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)

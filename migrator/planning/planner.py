@@ -97,6 +97,8 @@ class PlanInput:
     postcopy: bool = False  # switch to post-copy after the first pass
     timeout_s: float | None = None  # counted from the start, setup included
     timeout_action: str | None = None  # None with a timeout means "suspend", like virsh
+    # The action also fires once the remaining data has not fallen for this long.
+    progress_timeout_s: float | None = None
     page_size_bytes: int = 4096
     zero_page_fraction: float = 0.0  # share of RAM that is zero pages (nearly free in pass 1)
     switchover_overhead_ms: float = 50.0  # device state etc., added to every downtime
@@ -165,9 +167,13 @@ class Plan:
     mode: str  # "precopy" | "postcopy" | "suspend" | "abort" | "none"
     iterations_detail: tuple[IterationDetail, ...] = ()
     recommendations: tuple[Recommendation, ...] = ()
+    timeout_fired: str = ""  # "completion" | "progress": which timeout took its action
+    timeout_at_s: float | None = None  # when it did
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "timeout_fired": self.timeout_fired,
+            "timeout_at_s": None if self.timeout_at_s is None else round(self.timeout_at_s, 3),
             "verdict": self.verdict.value,
             "iterations": self.iterations,
             "total_time_s": round(self.total_time_s, 3),
@@ -295,7 +301,8 @@ def _simulate(inp: PlanInput) -> Plan:
     threshold = wire * inp.max_downtime_ms / 1000.0
     overhead_s = inp.switchover_overhead_ms / 1000.0
     timeout = inp.timeout_s
-    action = (inp.timeout_action or "suspend") if timeout is not None else None
+    fired = "completion"
+    action = (inp.timeout_action or "suspend") if timeout is not None or inp.progress_timeout_s else None
     elapsed, sent_total, n = inp.setup_s, 0.0, 0
     to_send = inp.memory_mib * (1.0 - inp.zero_page_fraction)
     throttle, high_cnt = 0, 0
@@ -305,6 +312,16 @@ def _simulate(inp: PlanInput) -> Plan:
     help_note = ""
 
     def on_timeout(pending: float) -> Plan:
+        plan = _on_timeout(pending)
+        return replace(plan, timeout_fired=fired, timeout_at_s=timeout)
+
+    def _on_timeout(pending: float) -> Plan:
+        at = (
+            f"the {timeout:g} s timeout"
+            if fired == "completion"
+            else f"the progress timeout ({timeout:g} s: the remaining data stopped falling "
+            f"{inp.progress_timeout_s:g} s before)"
+        )
         if action == "abort":
             return _result(
                 Verdict.WILL_NOT_CONVERGE,
@@ -314,7 +331,7 @@ def _simulate(inp: PlanInput) -> Plan:
                 sent_total,
                 None,
                 throttle,
-                f"The migration is cancelled at the {timeout:g} s timeout with {pending:.1f} MiB still to copy.",
+                f"The migration is cancelled at {at} with {pending:.1f} MiB still to copy.",
                 details,
             )
         if action == "postcopy":
@@ -326,7 +343,7 @@ def _simulate(inp: PlanInput) -> Plan:
                 sent_total + pending,
                 overhead_s,
                 throttle,
-                f"At the {timeout:g} s timeout the guest moves "
+                f"At {at} the guest moves "
                 f"to the destination (post-copy), which then fetches the remaining "
                 f"{pending:.1f} MiB while it runs.",
                 details,
@@ -340,7 +357,7 @@ def _simulate(inp: PlanInput) -> Plan:
             sent_total + pending,
             down,
             throttle,
-            f"At the {timeout:g} s timeout the "
+            f"At {at} the "
             f"guest is paused and stays paused for about {down:.1f} s while the "
             f"remaining {pending:.1f} MiB are copied.",
             details,
@@ -415,6 +432,20 @@ def _simulate(inp: PlanInput) -> Plan:
                 details,
             )
         stalled = pending >= prev_pending and (not inp.auto_converge or throttle >= THROTTLE_MAX_PCT)
+        if stalled and inp.progress_timeout_s and fired == "completion":
+            # The remaining data last reached its low at the end of the
+            # previous pass; the progress timeout counts from there.
+            pass_start = elapsed - duration
+            deadline = pass_start + inp.progress_timeout_s
+            if timeout is None or deadline < timeout:
+                timeout, fired = deadline, "progress"
+                if deadline < elapsed:
+                    # It fired during this pass: what of it was not sent yet is pending.
+                    part = deadline - pass_start
+                    unsent = to_send - bw * part
+                    sent_total -= unsent
+                    pending = min(inp.memory_mib, unsent + dirtied_mib(inp, part, throttle))
+                    return on_timeout(_page_round(pending, inp.page_size_bytes))
         if stalled and timeout is not None:
             # Every further pass is identical; skip whole passes up to the timeout.
             skip = max(0, math.floor((timeout - elapsed) / (pending / bw)) - 1)

@@ -83,10 +83,13 @@ def learned_zero_page_fraction(vm_uuid: str) -> float | None:
     return None
 
 
-def predict_for(
+def measured_input(
     vm: VirtualMachine, destination: Host, parameters: MigrationParameters | dict[str, Any]
 ) -> dict[str, Any]:
-    """The prediction stored on the migration and shown on the review step."""
+    """What the planner needs besides the parameters: {"available": False,
+    "reason": ...} when the dashboard cannot predict, else the measurements
+    ("measured": PlanInput keywords, "tuning": what replaces PlanInput's
+    defaults) and what the prediction says about them."""
     parameters = MigrationParameters.from_record(parameters)
     series = latest_series(vm.uuid)
     if not series:
@@ -117,20 +120,43 @@ def predict_for(
     # Unknown before the VM's first migration: assume every page holds data.
     learned_zero = learned_zero_page_fraction(vm.uuid)
     zero = learned_zero or 0.0
-    inp = parameters.planner_input(
-        memory_mib=vm.memory_kib / 1024,
-        dirty_rate_mib_s=dirty,
-        dirty_rate_curve=tuple(curve),
-        bandwidth_mib_s=bandwidth,
-        bandwidth_is_cap=bool(cap),
-        zero_page_fraction=zero,
-    )
     overhead_ms = learned_switchover_ms(vm.host.name, destination.name)
-    inp = replace(
-        inp,
-        final_copy_bandwidth_mib_s=learned,
-        switchover_overhead_ms=inp.switchover_overhead_ms if overhead_ms is None else overhead_ms,
-    )
+    tuning: dict[str, Any] = {"final_copy_bandwidth_mib_s": learned}
+    if overhead_ms is not None:
+        tuning["switchover_overhead_ms"] = overhead_ms
+    return {
+        "available": True,
+        "series": series,
+        "measured": {
+            "memory_mib": vm.memory_kib / 1024,
+            "dirty_rate_mib_s": dirty,
+            "dirty_rate_curve": tuple(curve),
+            "bandwidth_mib_s": bandwidth,
+            "bandwidth_is_cap": bool(cap),
+            "zero_page_fraction": zero,
+        },
+        "tuning": tuning,
+        "dirty_rate_mib_s": dirty,
+        "bandwidth_source": source,
+        "zero_pages_known": learned_zero is not None,
+    }
+
+
+def planner_input_for(parameters: MigrationParameters, measured: dict[str, Any]) -> planner.PlanInput:
+    """The planner's input for `parameters`, from measured_input's answer."""
+    return replace(parameters.planner_input(**measured["measured"]), **measured["tuning"])
+
+
+def predict_for(
+    vm: VirtualMachine, destination: Host, parameters: MigrationParameters | dict[str, Any]
+) -> dict[str, Any]:
+    """The prediction stored on the migration and shown on the review step."""
+    parameters = MigrationParameters.from_record(parameters)
+    measured = measured_input(vm, destination, parameters)
+    if not measured["available"]:
+        return measured
+    series = measured["series"]
+    inp = planner_input_for(parameters, measured)
     result = planner.plan(inp)
     # What earlier migrations of this kind taught: a correction and a spread.
     lesson = learning.learned(vm.host.name, destination.name, learning.option_key(parameters))
@@ -146,12 +172,12 @@ def predict_for(
         plan["total_time_s"] = round(spread.estimate_s, 3)
     return {
         "available": True,
-        "dirty_rate_mib_s": round(dirty, 3),
+        "dirty_rate_mib_s": round(measured["dirty_rate_mib_s"], 3),
         "measured_at": series[-1].measured_at.isoformat(),
-        "bandwidth_mib_s": round(bandwidth, 2),
-        "bandwidth_source": source,
-        "zero_page_fraction": round(zero, 3),
-        "zero_pages_known": learned_zero is not None,
+        "bandwidth_mib_s": round(inp.bandwidth_mib_s, 2),
+        "bandwidth_source": measured["bandwidth_source"],
+        "zero_page_fraction": round(inp.zero_page_fraction, 3),
+        "zero_pages_known": measured["zero_pages_known"],
         "plan": plan,
         # The model's own figure: what the next migration's lesson is measured against.
         "model_total_time_s": model_total_s,

@@ -9,10 +9,12 @@ import time
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
+from django.utils import timezone
 
 from hosts import gateway, inventory
 from hosts.connection import connect_uri
 from hosts.models import Host
+from migrator import policies
 from migrator.audit.models import AuditEvent
 from migrator.forms import DEFAULT_MAX_DOWNTIME_MS, MigrationForm
 from migrator.jobs import queue_migration
@@ -32,13 +34,50 @@ class Command(BaseCommand):
         parser.add_argument("--to", dest="destination", required=True, help="destination host name")
         parser.add_argument("--user", required=True, help="the operator recorded as starting it")
         parser.add_argument("--bandwidth", type=int, default=0, help="MiB/s, 0 = unlimited")
-        parser.add_argument("--max-downtime", type=int, default=DEFAULT_MAX_DOWNTIME_MS, help="milliseconds")
-        parser.add_argument("--auto-converge", action="store_true")
         parser.add_argument(
-            "--postcopy", action="store_true", help="allow post-copy (switch with control_migration ID postcopy)"
+            "--policy",
+            default=policies.DEFAULT_POLICY,
+            help=f"migration policy: {', '.join(policies.POLICIES)} (default {policies.DEFAULT_POLICY}: the options "
+            "below)",
         )
-        parser.add_argument("--timeout", type=int, help="seconds of pre-copy before --timeout-action")
-        parser.add_argument("--timeout-action", choices=["suspend", "postcopy", "abort"], default="suspend")
+        parser.add_argument(
+            "--postcopy-after",
+            type=int,
+            help=f"N of --policy {policies.POSTCOPY_AFTER}: seconds of pre-copy before post-copy "
+            f"(default {policies.DEFAULT_POSTCOPY_AFTER_S})",
+        )
+        parser.add_argument(
+            "--completion-timeout-per-gib",
+            type=int,
+            default=policies.DEFAULT_COMPLETION_TIMEOUT_PER_GIB_S,
+            help="seconds per GiB of memory and copied disk before the policy's action, 0 = none (default "
+            f"{policies.DEFAULT_COMPLETION_TIMEOUT_PER_GIB_S})",
+        )
+        parser.add_argument(
+            "--progress-timeout",
+            type=int,
+            default=policies.DEFAULT_PROGRESS_TIMEOUT_S,
+            help="seconds without a fall in the remaining data before the policy's action, 0 = none (default "
+            f"{policies.DEFAULT_PROGRESS_TIMEOUT_S})",
+        )
+        parser.add_argument(
+            "--start-at", help="start at this time, 'YYYY-MM-DD HH:MM' in the server's time zone (default: now)"
+        )
+        parser.add_argument(
+            "--max-downtime", type=int, help=f"milliseconds (custom policy; default {DEFAULT_MAX_DOWNTIME_MS})"
+        )
+        parser.add_argument("--auto-converge", action="store_true", help="custom policy")
+        parser.add_argument(
+            "--postcopy",
+            action="store_true",
+            help="custom policy: allow post-copy (switch with control_migration ID postcopy)",
+        )
+        parser.add_argument("--timeout", type=int, help="custom policy: seconds of pre-copy before --timeout-action")
+        parser.add_argument(
+            "--timeout-action",
+            choices=["suspend", "postcopy", "abort"],
+            help="custom policy: what its timeouts do (default suspend)",
+        )
         parser.add_argument(
             "--disks",
             help="comma-separated targets to copy, e.g. vda,vdb, or 'none' (default: every writable local disk, "
@@ -84,6 +123,7 @@ class Command(BaseCommand):
         vm = source.vms.filter(name=o["vm"]).first() or source.vms.filter(uuid=o["vm"]).first()
         if vm is None:
             raise CommandError(f"No VM named {o['vm']} on {source.name}.")
+        policy = self._policy(o)
         disks = None
         if o["disks"] is not None:
             disks = [d.strip() for d in o["disks"].split(",") if d.strip() and d.strip() != "none"]
@@ -93,12 +133,19 @@ class Command(BaseCommand):
             "create_images": not o["no_create_images"],
             "replace_stale_images": o["replace_stale_images"],
             "remove_source_images": not o["keep_source_images"],
-            "max_downtime_ms": o["max_downtime"],
+            "policy": policy.name,
+            "postcopy_after_s": policies.DEFAULT_POSTCOPY_AFTER_S
+            if o["postcopy_after"] is None
+            else o["postcopy_after"],
+            "completion_timeout_per_gib_s": o["completion_timeout_per_gib"] or "",
+            "progress_timeout_s": o["progress_timeout"] or "",
+            "start_at": o["start_at"] or "",
+            "max_downtime_ms": DEFAULT_MAX_DOWNTIME_MS if o["max_downtime"] is None else o["max_downtime"],
             "bandwidth_mib_s": o["bandwidth"],
             "auto_converge": o["auto_converge"],
             "allow_postcopy": o["postcopy"],
             "timeout_s": "" if o["timeout"] is None else o["timeout"],
-            "timeout_action": o["timeout_action"] if o["timeout"] is not None else "",
+            "timeout_action": o["timeout_action"] or "suspend",
             "compression": o["compression"],
             "compression_level": "" if o["compression_level"] is None else o["compression_level"],
             "compression_threads": "" if o["compression_threads"] is None else o["compression_threads"],
@@ -137,13 +184,20 @@ class Command(BaseCommand):
                 report=form.report,
                 user=user,
                 prediction=predict_for(vm, destination, form.parameters()),
+                not_before=form.scheduled_start,
             )
         except IntegrityError:
             existing = Migration.objects.active().for_vm(vm.uuid).first()
             number = existing.pk if existing else "?"
             raise CommandError(f"{vm.name} is already being migrated (migration #{number}).") from None
         AuditEvent.record("migration.started", actor=user, obj=migration, details={"via": "migrate_vm"})
-        self.stdout.write(f"Queued migration #{migration.pk}: {vm.name} {source.name} → {destination.name}")
+        when = ""
+        if form.scheduled_start:
+            when = f", to start at {timezone.localtime(form.scheduled_start):%Y-%m-%d %H:%M %Z}"
+        self.stdout.write(
+            f"Queued migration #{migration.pk}: {vm.name} {source.name} → {destination.name} "
+            f"({policy.label} policy{when})"
+        )
         if o["run_here"]:
             from migrator.executor import Executor
 
@@ -154,6 +208,35 @@ class Command(BaseCommand):
         self._summary(migration)
         if migration.state != MigrationState.SUCCEEDED:
             raise CommandError(f"Migration #{migration.pk} {migration.state}: {_reason(migration)}")
+
+    def _policy(self, o: dict) -> policies.Policy:
+        """The policy named by --policy; options that only the custom policy
+        or post-copy after N s reads are refused with another one."""
+        try:
+            policy = policies.get(o["policy"])
+        except policies.UnknownPolicy as error:
+            raise CommandError(f"--policy: {error}") from None
+        if policy.is_preset:
+            given = [
+                flag
+                for flag, key in (
+                    ("--max-downtime", "max_downtime"),
+                    ("--timeout", "timeout"),
+                    ("--timeout-action", "timeout_action"),
+                )
+                if o[key] is not None
+            ] + [flag for flag, key in (("--auto-converge", "auto_converge"), ("--postcopy", "postcopy")) if o[key]]
+            if given:
+                raise CommandError(
+                    f"{', '.join(given)}: the {policy.label} policy decides {'these' if len(given) > 1 else 'this'} "
+                    "itself; leave them out, or use --policy custom."
+                )
+        if o["postcopy_after"] is not None and policy.name != policies.POSTCOPY_AFTER:
+            raise CommandError(
+                f"--postcopy-after is the N of --policy {policies.POSTCOPY_AFTER}; leave it out with --policy "
+                f"{policy.name}."
+            )
+        return policy
 
     def _wait(self, migration: Migration) -> Migration:
         last = None
@@ -198,6 +281,11 @@ class Command(BaseCommand):
 
 
 OPTION_NAMES = {
+    "policy": "--policy",
+    "postcopy_after_s": "--postcopy-after",
+    "completion_timeout_per_gib_s": "--completion-timeout-per-gib",
+    "progress_timeout_s": "--progress-timeout",
+    "start_at": "--start-at",
     "disks": "--disks",
     "max_downtime_ms": "--max-downtime",
     "bandwidth_mib_s": "--bandwidth",
