@@ -3,7 +3,9 @@ fail with a reason in plain words (R1–R7, R14, R16).
 
 The wizard shows it per destination and on the review step; the job runs it
 again just before it migrates, because hosts change in between. Host-level
-checks live here; the NICs and the disks have modules of their own.
+checks live here; the NICs and the disks have modules of their own, and the
+checks that need no libvirt call are in `inventory`, which also judges a move
+from the stored inventory alone (`run_inventory_prechecks`, for plans).
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ from __future__ import annotations
 from typing import Any
 
 from hosts import gateway, uris
-from hosts.certificates.readiness import tls_readiness
 from hosts.connection import connect_uri
 from hosts.models import Host, VirtualMachine
 
 from ..models import Migration
 from ..parameters import MigrationParameters
+from .inventory import (
+    StoredInventory,
+    add_notes,
+    check_capacity,
+    check_cpu_model,
+    check_distinct,
+    check_tls,
+    name_taken,
+    run_inventory_prechecks,
+)
 from .network import _check_networks
 from .report import FAIL, PASS, WARN, Check, Facts, Report, SourceFacts, _read, unreachable
 from .storage import _check_storage, chosen_disks
@@ -28,8 +39,10 @@ __all__ = [
     "Check",
     "Report",
     "SourceFacts",
+    "StoredInventory",
     "chosen_disks",
     "read_source_facts",
+    "run_inventory_prechecks",
     "run_prechecks",
 ]
 
@@ -117,53 +130,19 @@ def run_prechecks(
     if src is None:
         return report
 
-    # Drivers without a host UUID (the test driver) are told apart by hostname.
-    if (src.host_uuid or src.hostname) == (dst.host_uuid or dst.hostname) and source.uri == destination.uri:
-        report.add("distinct hosts", FAIL, "Source and destination are the same libvirt host; choose another host.")
-    elif src.host_uuid and src.host_uuid == dst.host_uuid:
-        report.add(
-            "distinct hosts",
-            FAIL,
-            f"Both hosts report host UUID {src.host_uuid}: they are the same machine, or one is a clone "
-            "with a copied host_uuid in libvirtd.conf. Give each host its own UUID.",
-        )
-    else:
-        report.add("distinct hosts", PASS, "source and destination are different hosts")
-
+    check_distinct(report, source, destination, src, dst)
     _check_cpu(report, vm, vm_dict, destination, src, dst)
-    _check_capacity(report, vm, destination, dst)
+    check_capacity(report, vm, destination, dst)
     _check_networks(report, vm, source, destination, src, dst)
     _check_name_free(report, vm, destination)
     _check_storage(report, vm, source, destination, params, judge_disk_plan, probe)
-    _check_tls(report, source, destination, params)
-    if vm.details.get("hugepages"):
-        report.add(
-            "hugepages",
-            PASS,
-            "the VM uses hugepages; hosts whose kernel has KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE "
-            "(Linux 5.8 and newer with KVM) migrate it with less overhead",
-            "R16",
-        )
-    if params.unsafe:
-        report.add(
-            "unsafe",
-            WARN,
-            "'Unsafe' skips libvirt's safety checks on disk caching; use it only for shared storage "
-            "that libvirt cannot recognise as safe.",
-            "R12",
-        )
+    check_tls(report, source, destination, params)
+    add_notes(report, vm, params)
     return report
 
 
 def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
-    if (src.cpu_vendor, src.cpu_model, src.arch) != (dst.cpu_vendor, dst.cpu_model, dst.arch):
-        report.add(
-            "CPU model",
-            FAIL,
-            f"Only homogeneous migration is supported: source CPU is {src.cpu_vendor} {src.cpu_model} "
-            f"({src.arch}), destination is {dst.cpu_vendor} {dst.cpu_model} ({dst.arch}).",
-            "R3",
-        )
+    if not check_cpu_model(report, src, dst):
         return
     verdict, message = _read(lambda: gateway.compare_guest_cpu(connect_uri(destination), vm_dict), destination)
     if message is not None:
@@ -174,30 +153,6 @@ def _check_cpu(report, vm, vm_dict, destination, src, dst) -> None:
         report.add("CPU model", PASS, f"identical host CPUs ({src.cpu_vendor} {src.cpu_model}); {verdict.reason}", "R3")
 
 
-def _check_capacity(report, vm, destination, dst) -> None:
-    if dst.physical_cores < vm.vcpus:
-        report.add(
-            "CPU cores",
-            WARN,
-            f"{destination.name} has {dst.physical_cores} physical cores for {vm.vcpus} vCPUs: "
-            "the VM will run with degraded performance there.",
-            "R5",
-        )
-    else:
-        report.add("CPU cores", PASS, f"{dst.physical_cores} physical cores ≥ {vm.vcpus} vCPUs", "R5")
-    need_mib, free_mib = vm.memory_kib // 1024, dst.memory_free_kib // 1024
-    if dst.memory_free_kib < vm.memory_kib:
-        report.add(
-            "memory",
-            FAIL,
-            f"{destination.name} has {free_mib} MiB free, the VM needs {need_mib} MiB; free memory there "
-            "or choose another host.",
-            "R5",
-        )
-    else:
-        report.add("memory", PASS, f"{free_mib} MiB free ≥ {need_mib} MiB needed", "R5")
-
-
 def _check_name_free(report, vm, destination) -> None:
     by_uuid, error = _read(lambda: gateway.find_vm(connect_uri(destination), uuid=vm.uuid), destination)
     by_name, error2 = _read(lambda: gateway.find_vm(connect_uri(destination), name=vm.name), destination)
@@ -205,18 +160,6 @@ def _check_name_free(report, vm, destination) -> None:
         report.add("name free", FAIL, f"Could not list VMs on {destination.name}: {(error or error2).message}")
     elif by_uuid or by_name:
         found = by_uuid or by_name
-        report.add(
-            "name free",
-            FAIL,
-            f"{destination.name} already has a VM named {found.name} (UUID {found.uuid}, {found.state}); "
-            "remove or rename it there first.",
-        )
+        name_taken(report, destination, found.name, found.uuid, found.state)
     else:
         report.add("name free", PASS, f"no VM of that name or UUID on {destination.name}")
-
-
-def _check_tls(report, source, destination, params) -> None:
-    if not params.tls:
-        return
-    for status, message in tls_readiness(source, destination):
-        report.add("TLS", status, message, "R14")

@@ -1,6 +1,7 @@
 """R5–R7, R13: the disks under the chosen plan — shared disks visible at the
 same path, copied disks creatable (or stale images named), kept disks
-present, and room for the images."""
+present, and room for the images; from the destination itself, or from
+the stored inventory alone (`check_storage_stored`)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,104 @@ def _check_storage(report, vm, source, destination, params, judge_disk_plan: boo
     def look(path: str) -> tuple[gateway.PathInfo | None, gateway.GatewayError | None]:
         return _read(lambda: gateway.path_info(connect_uri(destination), path, probe=probe), destination)
 
-    verdicts = {v.target: v for v in disk_verdicts(vm.disks, source.prefixes)}
+    def shared(disk, verdict) -> None:
+        _check_shared_disk(report, disk, destination, look)
+
+    def copied(disk) -> None:
+        _check_copied_disk(report, disk, destination, params, look)
+
+    def kept(disk, verdict) -> None:
+        _check_kept_disk(report, disk, verdict, destination, look)
+
+    if _check_disks(report, vm, source, params, judge_disk_plan, shared, copied, kept):
+        _check_space(report, vm, destination, params, look)
+
+
+def check_storage_stored(
+    report, vm, source, destination, params, disk_users: dict[str, list[str]], *, verdicts=None, prefixes=None
+) -> None:
+    """The disk plan judged from the stored inventory alone: `disk_users`
+    maps each image path of a VM stored on `destination` to those VMs. What
+    only the destination can say (its pools, an image no VM uses, free space)
+    is left to the job's re-check, and said so. `verdicts` (the VM's disk
+    verdicts) and `prefixes` (the destination's) spare recomputing them."""
+    prefixes = destination.prefixes if prefixes is None else prefixes
+
+    def shared(disk, verdict) -> None:
+        target, path = disk["target"], disk["source"]
+        prefix = next((p for p in prefixes if path.startswith(p)), "")
+        if prefix:
+            report.add(f"disk {target}", PASS, f"{path} is on shared storage {destination.name} lists ({prefix})", "R7")
+        else:
+            report.add(
+                f"disk {target}",
+                FAIL,
+                f"{path} is on shared storage of {source.name}, but {destination.name} lists no shared storage "
+                f"prefix covering it: mount that storage on {destination.name} at the same path and add the prefix "
+                "to the host, or choose another host.",
+                "R7",
+            )
+
+    def copied(disk) -> None:
+        target, path = disk["target"], disk["source"]
+        users = disk_users.get(path)
+        if users:
+            report.add(
+                f"disk {target}",
+                FAIL,
+                f"{path} already exists on {destination.name} and is a disk of {', '.join(users)} there; it is "
+                "never replaced. Move that VM's disk, or migrate to another host.",
+                "R6",
+            )
+        elif not params.create_images:
+            report.add(
+                f"disk {target}",
+                WARN,
+                f"{path} is copied into the image already on {destination.name}; whether it is there is checked "
+                "when the migration starts.",
+                "R6",
+            )
+        else:
+            fmt = disk.get("format") or "raw"
+            size = f", {disk['capacity_bytes'] // 2**20} MiB" if disk.get("capacity_bytes") else ""
+            report.add(
+                f"disk {target}",
+                PASS,
+                f"{path} ({fmt}{size}) is created and copied on {destination.name}; its storage pool there is "
+                "checked when the migration starts",
+                "R6",
+            )
+
+    def kept(disk, verdict) -> None:
+        target, path = disk["target"], disk["source"]
+        if disk_users.get(path):
+            report.add(f"disk {target}", PASS, f"{path} exists on {destination.name} and is used there as it is", "R6")
+            return
+        fix = "select it under 'Disks to copy'" if verdict.migratable else verdict.reason
+        report.add(
+            f"disk {target}",
+            WARN,
+            f"{target} is not copied, so {destination.name} needs its own {path} ({fix}); the stored inventory "
+            "cannot tell whether it is there: it is checked when the migration starts.",
+            "R6",
+        )
+
+    if _check_disks(report, vm, source, params, True, shared, copied, kept, verdicts):
+        need = sum(d.get("capacity_bytes") or 0 for d in chosen_disks(vm, params))
+        report.add(
+            "disk space",
+            WARN,
+            f"The free space on {destination.name} for {need // 2**20} MiB of images is not in the stored "
+            "inventory; it is checked when the migration starts.",
+            "R5",
+        )
+
+
+def _check_disks(report, vm, source, params, judge_disk_plan: bool, shared, copied, kept, verdicts=None) -> bool:
+    """The storage class, then each data disk by its verdict: what needs no
+    look at the destination is judged here, the rest by `shared`, `copied`
+    and `kept`. True when disks are copied (their space is to be checked)."""
+    verdicts = {v.target: v for v in verdicts or disk_verdicts(vm.disks, source.prefixes)}
     if vm.storage_class == StorageClass.SHARED:
         report.add("storage class", PASS, "every disk is on shared storage: nothing is copied", "R7")
     else:
@@ -49,11 +147,11 @@ def _check_storage(report, vm, source, destination, params, judge_disk_plan: boo
         elif verdict.kind == "network":
             report.add(f"disk {target}", PASS, f"{target} is network storage, reached by both hosts", "R7")
         elif verdict.shared:
-            _check_shared_disk(report, disk, destination, look)
+            shared(disk, verdict)
         elif target in chosen:
-            _check_copied_disk(report, disk, destination, params, look)
+            copied(disk)
         else:
-            _check_kept_disk(report, disk, verdict, destination, look)
+            kept(disk, verdict)
 
     if vm.storage_class == StorageClass.NON_SHARED and judge_disk_plan and not chosen:
         report.add(
@@ -62,8 +160,7 @@ def _check_storage(report, vm, source, destination, params, judge_disk_plan: boo
             "This VM has local disks but none is selected for copying; select the local disks to migrate.",
             "R13",
         )
-    if chosen:
-        _check_space(report, vm, destination, params, look)
+    return bool(chosen)
 
 
 def _not_seen(report, target: str, path: str, destination, requirement: str) -> None:
