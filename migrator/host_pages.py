@@ -16,7 +16,7 @@ from hosts.forms import LifecycleForm
 from hosts.models import Host, VirtualMachine
 
 from .audit.requests import audit
-from .models import Migration
+from .models import Batch, BatchKind, Migration
 from .planning import learning
 from .planning.dirtyrate import vm_dirty_rate_context
 from .roles import OPERATORS, role_required, sees_migrations, superuser_required
@@ -38,6 +38,9 @@ def host_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "vms": [(vm, active.get(vm.uuid)) for vm in vms],
             "info": host.info,
             "learned": learning.learned_from(host.name) if sees else [],
+            "running_vms": [vm for vm in vms if vm.running],
+            "other_hosts": Host.objects.enabled().filter(in_maintenance=False).exclude(pk=host.pk),
+            "batch": Batch.objects.filter(source=host, kind=BatchKind.EVACUATION).first() if sees else None,
         },
     )
 

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import history_views, views, wizard
+from .fleet import views as fleet_views
 
 app_name = "migrator"
 urlpatterns = [
@@ -14,4 +15,6 @@ urlpatterns = [
     path("<int:pk>/action/", views.migration_action, name="action"),
     path("<int:pk>/resume/", views.migration_resume, name="resume"),
     path("<int:pk>/settle/", views.migration_settle, name="settle"),
+    path("batches/<int:pk>/", fleet_views.batch_detail, name="batch"),
+    path("batches/<int:pk>/cancel/", fleet_views.batch_cancel, name="batch_cancel"),
 ]

@@ -7,7 +7,7 @@ from hosts import inventory
 from hosts.models import Host
 from migrator.roles import AUDITORS, OPERATORS, SECURITY_ADMINS
 
-pytest_plugins = ["tests.browser_fixtures"]
+pytest_plugins = ["tests.browser_fixtures", "tests.worker_fixtures"]
 if importlib.util.find_spec("tests.lab_fixtures"):
     pytest_plugins.append("tests.lab_fixtures")
 

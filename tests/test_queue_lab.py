@@ -7,44 +7,25 @@ a scheduled one starts at its time."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
 from hosts import inventory
+from hosts.lab import DEMO_GUESTS, DiskSpec
 from hosts.models import Host, VirtualMachine
 from migrator import actions, jobs
-from migrator.models import Migration, MigrationState
-from tests.worker_fixtures import real_workers  # noqa: F401  (a fixture)
+from migrator.fleet import batches
+from migrator.models import Batch, BatchState, Migration, MigrationState
+from migrator.planning.evacuation import plan_evacuation
+from tests.worker_fixtures import GUESTS
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 
-GUESTS = ("queue-1", "queue-2", "queue-3", "queue-4", "queue-5")
 # Small guests at a low cap: each migration lasts several seconds, so the
 # fourth must wait for one of the first three.
-CAP_MIB_S = 2
-
-
-@pytest.fixture
-def small_guests(lab):
-    """`small_guests(n)` boots the first n of GUESTS on lab-a, side by side;
-    they are removed after the test."""
-    booted: list[str] = []
-
-    def boot(count: int) -> tuple[str, ...]:
-        names = GUESTS[:count]
-        for name in names:
-            lab.define_guest(name, 128, dirty_mb=1)
-            booted.append(name)
-        with ThreadPoolExecutor(max_workers=count) as pool:
-            list(pool.map(lab.reset_guest, names))
-        return names
-
-    yield boot
-    for name in booted:
-        lab.remove_guest(name)
+CAP_MIB_S = 8
 
 
 def vm_on(host: Host, name: str) -> VirtualMachine:
@@ -76,7 +57,7 @@ def test_a_fourth_migration_waits_for_a_slot_and_starts_by_itself(
     lab_hosts,
     small_guests,
     real_workers,
-    users,  # noqa: F811
+    users,
 ):
     a, b, c = (Host.objects.get(name=n) for n in ("lab-a", "lab-b", "lab-c"))
     a.max_outgoing = 3
@@ -94,7 +75,7 @@ def test_a_fourth_migration_waits_for_a_slot_and_starts_by_itself(
     fifth.refresh_from_db()
     assert fifth.state == MigrationState.CANCELLED and fifth.vm_location == "lab-a"
 
-    seen = watch(records, timeout_s=240)
+    seen = watch(records, timeout_s=420)
 
     # Never more than three running out of lab-a, nor two into one host, across both workers.
     for states in seen:
@@ -116,7 +97,49 @@ def test_a_fourth_migration_waits_for_a_slot_and_starts_by_itself(
         assert lab.counter_advanced(name, dest.name[-1].upper())
 
 
-def test_a_scheduled_migration_starts_at_its_time(lab, lab_hosts, small_guests, real_workers, users):  # noqa: F811
+def test_an_evacuation_empties_lab_a_onto_b_and_c_and_reports_what_stays(
+    lab, lab_hosts, small_guests, real_workers, users
+):
+    for spec in DEMO_GUESTS:
+        lab.park_guest(spec.name)  # shut off: an evacuation moves running VMs only
+    names = small_guests(4)
+    # A shareable disk on lab-a's own storage: no other host can reach it, so this VM cannot move.
+    lab.define_guest("pinned", 128, dirty_mb=0, disks=[DiskSpec("vdb", size_mib=16, format="raw", shareable=True)])
+    lab.reset_guest("pinned")
+    try:
+        a = Host.objects.get(name="lab-a")
+        inventory.refresh_host(a)
+        real_workers(processes=3)
+        operator = actions.Requester(users["operator"], "browser")
+
+        plan = plan_evacuation(a, policy="minimal-downtime")
+        assert sorted(s.vm_name for s in plan.steps) == sorted(names)
+        assert {s.destination_name for s in plan.steps} == {"lab-b", "lab-c"}
+        pinned = next(u for u in plan.unmovable if u.vm_name == "pinned")
+        assert pinned.reasons and not pinned.skipped
+
+        batch = batches.start(a, plan, operator)
+        a.refresh_from_db()
+        assert a.in_maintenance
+        deadline = time.monotonic() + 300
+        while Batch.objects.get(pk=batch.pk).state == BatchState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.5)
+        batch.refresh_from_db()
+        assert batch.state == BatchState.FINISHED
+        report = batches.report(batch)
+        assert report.succeeded == 4, [(r.vm_name, r.state, r.note) for r in report.rows]
+        assert report.left_on_source == ["pinned"]
+        for row in report.rows:
+            key = row.destination[-1].upper()
+            assert lab.where(row.vm_name) == key
+            assert lab.counter_advanced(row.vm_name, key)  # still running, on its new host
+        assert lab.where("pinned") == "A" and lab.counter_advanced("pinned", "A")
+        assert batches.leave_maintenance(a, operator)
+    finally:
+        lab.remove_guest("pinned")
+
+
+def test_a_scheduled_migration_starts_at_its_time(lab, lab_hosts, small_guests, real_workers, users):
     a, b = Host.objects.get(name="lab-a"), Host.objects.get(name="lab-b")
     small_guests(1)
     real_workers(processes=2)

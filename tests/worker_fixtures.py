@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
 REPO = Path(__file__).resolve().parents[1]
+# Small guests of the queue and fleet tests (128 MiB, 1 MiB rewritten a second).
+GUESTS = ("queue-1", "queue-2", "queue-3", "queue-4", "queue-5")
 
 
 def test_database_url() -> str:
@@ -64,3 +67,23 @@ def real_workers(transactional_db, queue) -> Iterator[Callable[..., subprocess.P
     for log in logs:
         log.close()
     connection.close()
+
+
+@pytest.fixture
+def small_guests(lab):
+    """`small_guests(n)` boots the first n of GUESTS on lab-a, side by side;
+    they are removed after the test."""
+    booted: list[str] = []
+
+    def boot(count: int) -> tuple[str, ...]:
+        names = GUESTS[:count]
+        for name in names:
+            lab.define_guest(name, 128, dirty_mb=1)
+            booted.append(name)
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            list(pool.map(lab.reset_guest, names))
+        return names
+
+    yield boot
+    for name in booted:
+        lab.remove_guest(name)

@@ -420,5 +420,48 @@
     });
   }
 
-  window.MigrationLive = { detail: detail, list: list };
+  // A batch's page: each of its migrations live, and the share that ended.
+  function batch(table) {
+    var body = table.querySelector("tbody");
+    var ended = {};
+    var total = body.querySelectorAll("tr").length;
+    function bar() {
+      var done = Object.keys(ended).filter(function (k) { return ended[k]; }).length;
+      var el = document.getElementById("batch-progress");
+      el.style.width = (total ? 100 * done / total : 0).toFixed(0) + "%";
+      el.textContent = done + " / " + total;
+      if (done === total && total) { window.setTimeout(function () { window.location.reload(); }, 1500); }
+    }
+    function update(m) {
+      var tr = body.querySelector('tr[data-id="' + m.id + '"]');
+      if (!tr) return;
+      var badge = tr.querySelector(".state .badge");
+      badge.className = "badge badge-" + m.badge;
+      badge.textContent = m.state_display;
+      var reason = tr.querySelector(".reason");
+      if (reason) reason.textContent = m.waiting ? (m.wait_reason || "") : "";
+      if (m.total_time_ms !== null) tr.querySelector(".actual").textContent = (m.total_time_ms / 1000).toFixed(1) + " s";
+      if (m.downtime_ms !== null) tr.querySelector(".actual-downtime").textContent = m.downtime_ms + " ms";
+      if (m.vm_location) tr.querySelector(".where").textContent = m.vm_location;
+      if (m.state === "succeeded") sample(m.id, null, 100);
+      ended[m.id] = !m.active;
+      bar();
+    }
+    function sample(id, s, pct) {
+      var tr = body.querySelector('tr[data-id="' + id + '"]');
+      if (!tr) return;
+      if (pct === undefined) pct = s && s.data_total_bytes ? Math.min(100, 100 * s.data_processed_bytes / s.data_total_bytes) : 0;
+      tr.querySelector(".progress-bar").style.width = pct.toFixed(0) + "%";
+    }
+    JSON.parse(document.getElementById("batch-data").textContent).forEach(update);
+    socket("/ws/migrations/", {
+      message: function (msg) {
+        if (msg.type === "list") msg.migrations.forEach(update);
+        else if (msg.type === "state") update(msg.migration);
+        else if (msg.type === "sample") sample(msg.id, msg.sample);
+      },
+    });
+  }
+
+  window.MigrationLive = { detail: detail, list: list, batch: batch };
 })();

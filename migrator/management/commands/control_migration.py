@@ -3,12 +3,12 @@ and worker hand-over as the live page's buttons (migrator.actions)."""
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from migrator import actions
 from migrator.models import Migration
-from migrator.roles import OPERATORS, has_role
+
+from ._users import acting_user
 
 ACTIONS = {
     "bandwidth": "set the bandwidth limit (MiB/s) while it runs (virsh migrate-setspeed)",
@@ -39,7 +39,7 @@ class Command(BaseCommand):
         record = Migration.objects.filter(pk=migration).first()
         if record is None:
             raise CommandError(f"No migration #{migration}.")
-        who = actions.Requester(self._user(user, superuser=action == "settle"), "command line")
+        who = actions.Requester(acting_user(user, superuser=action == "settle"), "command line")
         try:
             if action in ("bandwidth", "max-downtime"):
                 if value is None:
@@ -62,13 +62,3 @@ class Command(BaseCommand):
                 self.stdout.write(f"Migration #{migration} settled by hand as {options['state']}.")
         except actions.ActionRefused as refusal:
             raise CommandError(str(refusal)) from refusal
-
-    def _user(self, username: str, *, superuser: bool):
-        found = get_user_model().objects.filter(username=username).first()
-        if found is None:
-            raise CommandError(f"No user named {username}; create one with manage.py create_user.")
-        if superuser and not found.is_superuser:
-            raise CommandError(f"{username} is not a superuser; only superusers settle a migration by hand.")
-        if not superuser and not has_role(found, OPERATORS):
-            raise CommandError(f"{username} is not an operator; only operators act on migrations.")
-        return found
