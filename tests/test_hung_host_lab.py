@@ -105,7 +105,7 @@ def test_a_hung_destination_costs_the_destination_step_one_bound(lab, lab_hosts,
     assert home.status_code == 200 and home_s < BOUND_S and home_at < done["at"], "the home page waited for B"
 
     reports = {host.name: report for host, report, _plan in response.context["options"]}
-    assert set(reports) == {"lab-b", "spare"}
+    assert set(reports) == {"lab-b", "lab-c", "spare"}
     silent = reports["lab-b"]
     assert silent.no_answer == f"lab-b does not answer ({BOUND_S} s)."
     assert f"lab-b does not answer ({BOUND_S} s)." in response.content.decode()
