@@ -62,6 +62,7 @@ class Command(BaseCommand):
             batch = batches.start(a, plan, Requester(user, "command line"))
             self._wait(lambda: Batch.objects.get(pk=batch.pk).state != BatchState.RUNNING, "the evacuation")
             batches.leave_maintenance(a, Requester(user, "command line"))
+            batch.refresh_from_db()
             report = batches.report(batch)
             self.stdout.write(f"{'vm':<14} {'dirty':>5} {'to':<6} {'pred s':>7} {'act s':>7} {'state':<10}")
             for row in report.rows:
