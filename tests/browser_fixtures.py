@@ -4,7 +4,6 @@ headless Chromium driven through Selenium."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from hosts import gateway
 
+from .child_env import child_env
 from .conftest import make_user
 
 BROWSER_PASSWORD = "browser-pass-123"
@@ -32,14 +32,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or ""
-    return f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 class DaphneServer:
@@ -56,15 +48,8 @@ class DaphneServer:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "DATABASE_URL": _database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "CHANNELS_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
-            "DEBUG": "False",
-            # Plain http on localhost: the demo's settings (no secure cookies, no https redirect).
-            "DEMO": "1",
-        }
+        # Plain http on localhost: the demo's settings (no secure cookies, no https redirect).
+        env = child_env(DEBUG="False")
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "migrator.asgi:application"],

@@ -11,11 +11,11 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hosts import inventory
-from hosts.lab import DEMO_GUESTS
 from hosts.models import Host
 from migrator.models import Batch, Migration
 
 from .browser_fixtures import browser_login
+from .worker_fixtures import quiet_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -23,8 +23,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.django_db(transa
 def test_an_operator_plans_starts_watches_and_ends_an_evacuation(
     lab, lab_hosts, small_guests, real_workers, daphne, browser
 ):
-    for spec in DEMO_GUESTS:
-        lab.park_guest(spec.name)
+    quiet_lab(lab)
     names = small_guests(2)
     a = Host.objects.get(name="lab-a")
     inventory.refresh_host(a)

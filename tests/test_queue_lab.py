@@ -13,15 +13,15 @@ import pytest
 from django.utils import timezone
 
 from hosts import inventory
-from hosts.lab import DEMO_GUESTS, DiskSpec
+from hosts.lab import DiskSpec
 from hosts.models import Host, VirtualMachine
 from migrator import actions, jobs
 from migrator.fleet import batches
 from migrator.models import Batch, BatchState, Migration, MigrationState
 from migrator.planning.evacuation import plan_evacuation
-from tests.worker_fixtures import GUESTS
+from tests.worker_fixtures import GUESTS, quiet_lab
 
-pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.lab, pytest.mark.database, pytest.mark.django_db(transaction=True)]
 
 # Small guests at a low cap: each migration lasts several seconds, so the
 # fourth must wait for one of the first three.
@@ -100,8 +100,7 @@ def test_a_fourth_migration_waits_for_a_slot_and_starts_by_itself(
 def test_an_evacuation_empties_lab_a_onto_b_and_c_and_reports_what_stays(
     lab, lab_hosts, small_guests, real_workers, users
 ):
-    for spec in DEMO_GUESTS:
-        lab.park_guest(spec.name)  # shut off: an evacuation moves running VMs only
+    quiet_lab(lab)
     names = small_guests(4)
     # A shareable disk on lab-a's own storage: no other host can reach it, so this VM cannot move.
     lab.define_guest("pinned", 128, dirty_mb=0, disks=[DiskSpec("vdb", size_mib=16, format="raw", shareable=True)])

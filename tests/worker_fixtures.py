@@ -15,20 +15,13 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from hosts.lab import DEMO_GUESTS
+
+from .child_env import child_env
+
 REPO = Path(__file__).resolve().parents[1]
 # Small guests of the queue and fleet tests (128 MiB, 1 MiB rewritten a second).
 GUESTS = ("queue-1", "queue-2", "queue-3", "queue-4", "queue-5")
-
-
-def test_database_url() -> str:
-    """The URL of the database this test runs on, for another process."""
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    user = s.get("USER") or ""
-    host = s.get("HOST") or "127.0.0.1"
-    port = s.get("PORT") or 5432
-    return f"postgres://{user}@{host}:{port}/{s['NAME']}"
 
 
 @pytest.fixture
@@ -45,7 +38,7 @@ def real_workers(transactional_db, queue) -> Iterator[Callable[..., subprocess.P
         proc = subprocess.Popen(
             [sys.executable, "manage.py", "worker", "--processes", str(processes), "--maintenance-every", "0"],
             cwd=REPO,
-            env={**os.environ, "DEMO": "1", "DATABASE_URL": test_database_url(), **env},
+            env=child_env(**env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -87,3 +80,12 @@ def small_guests(lab):
     yield boot
     for name in booted:
         lab.remove_guest(name)
+
+
+def quiet_lab(lab) -> None:
+    """Only the test's own guests will run: every guest on every host is
+    stopped and the demo guests are parked, shut off, on lab-a (an
+    evacuation moves running VMs only)."""
+    lab.stop_all_guests()
+    for spec in DEMO_GUESTS:
+        lab.park_guest(spec.name)

@@ -199,6 +199,10 @@ class Lab(Layout):
     def remove_guest(self, name: str) -> None:
         self._guests.remove(name)
 
+    def stop_all_guests(self) -> None:
+        """Destroy every running guest on every host (definitions stay)."""
+        self._guests.stop_all()
+
     def where(self, name: str) -> str | None:
         return self._guests.where(name)
 

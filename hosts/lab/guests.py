@@ -24,6 +24,7 @@ from .system import LabError
 
 BOOT_TIMEOUT_S = 120.0  # one TCG guest boots in 7-8 s; four share two cores
 TICK_TIMEOUT_S = 15.0  # guests print a tick every second
+DESTROY_TIMEOUT_S = 60.0  # libvirt ends a failed migration's job within seconds
 # What files/init.sh prints: its memory pattern's checksum at boot, then again every few seconds.
 BOOT_PATTERN_RE = re.compile(r"^PATTERN sum=([0-9a-f]{32}) boot=(\S+)", re.MULTILINE)
 PATTERN_CHECK_RE = re.compile(r"^pattern sum=([0-9a-f]{32}) boot=(\S+) uptime=([\d.]+)", re.MULTILINE)
@@ -321,8 +322,25 @@ def _installed(disk: DiskSpec) -> bool:
 
 
 def _destroy(uri: str, name: str) -> None:
-    with contextlib.suppress(gateway.GatewayError):  # it may have stopped meanwhile
-        gateway.destroy_domain(uri, name)
+    """Stop the domain for sure. Right after a failed migration libvirt may
+    still hold the domain's job and refuse the destroy for a while; undefining
+    it then would leave it running as a transient domain."""
+    deadline = time.monotonic() + DESTROY_TIMEOUT_S
+    while True:
+        try:
+            gateway.destroy_domain(uri, name)
+        except gateway.GatewayError as exc:
+            try:
+                dom = gateway.domain_status(uri, name)
+            except gateway.GatewayError:
+                dom = None  # the daemon is gone: so are its QEMUs
+            if dom is None or not dom.active:
+                return  # it stopped meanwhile
+            if time.monotonic() > deadline:
+                raise LabError(f"guest {name} on {uri} does not stop: {exc}") from exc
+            time.sleep(1)
+            continue
+        return
 
 
 def _log_tail(path: Path) -> str:
