@@ -734,6 +734,14 @@ class DirtyRateMeasurement(models.Model):
     class Meta:
         ordering = ["-measured_at", "-pk"]
 
+    @classmethod
+    def latest_series(cls, vm_uuid: str) -> list[DirtyRateMeasurement]:
+        """The readings of the VM's newest measurement, oldest first."""
+        last = cls.objects.filter(vm_uuid=vm_uuid).first()
+        if last is None:
+            return []
+        return list(cls.objects.filter(series=last.series).order_by("measured_at"))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.pk,

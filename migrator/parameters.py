@@ -181,9 +181,6 @@ class MigrationParameters:
             **measured,
         )
 
-    def describe(self) -> list[tuple[str, str]]:
-        return describe(self)
-
 
 # Any of these set: the migration has a timeout, and its action is kept.
 TIMEOUT_KEYS = ("timeout_s", "completion_timeout_per_gib_s", "progress_timeout_s", "postcopy_after_s")
@@ -227,20 +224,6 @@ def describe_disk_plan(vm: VirtualMachine, parameters: MigrationParameters) -> l
     return lines
 
 
-def policy_words(record: dict[str, Any]) -> str:
-    """'Post-copy after N s (N = 30 s)', from a record."""
-    from . import policies  # policies build on MigrationParameters
-
-    name = record.get("policy") or "custom"
-    try:
-        policy = policies.get(name)
-    except policies.UnknownPolicy:
-        return name
-    if policy.name == policies.POSTCOPY_AFTER and record.get("postcopy_after_s"):
-        return f"{policy.label} (N = {record['postcopy_after_s']} s)"
-    return policy.label
-
-
 TIMEOUT_FIRED_WORDS = {
     "completion": "the completion timeout",
     "progress": "the progress timeout",
@@ -265,71 +248,3 @@ def timeout_fired_words(fired: str, action: str, record: dict[str, Any] | Migrat
         "postcopy": "the migration switched to post-copy",
     }.get(action, action)
     return f"{what[0].upper()}{what[1:]} fired ({why}): {done}."
-
-
-def describe(parameters: MigrationParameters | dict[str, Any]) -> list[tuple[str, str]]:
-    """The requested parameters of a migration record, as label/value rows."""
-    p = MigrationParameters.from_record(parameters).as_record()
-    rows: list[tuple[str, str]] = [("Policy", policy_words(p))]
-    plan = p.get("disk_plan") or [{"target": t} for t in p.get("disks") or []]
-    if plan:
-        rows.append(("Copy disks", ", ".join(disk_words(d) for d in plan)))
-        rows.append(
-            (
-                "Destination images",
-                "created (same format, size and path)" if p.get("create_images", True) else "already there",
-            )
-        )
-        if p.get("replace_stale_images"):
-            rows.append(("Stale images on the destination", "replaced"))
-        rows.append(
-            (
-                "Source images after success",
-                "removed" if p.get("remove_source_images") else "kept",
-            )
-        )
-    else:
-        rows.append(("Copy disks", "none (shared storage)"))
-    rows.append(("Max downtime", f"{p['max_downtime_ms']} ms" if p.get("max_downtime_ms") else "libvirt's default"))
-    bandwidth = p.get("bandwidth_mib_s") or 0
-    rows.append(("Bandwidth limit", f"{bandwidth} MiB/s" if bandwidth else "unlimited"))
-    rows.append(("Auto-converge", "on" if p.get("auto_converge") else "off"))
-    rows.append(("Post-copy", "allowed (switch from the live page)" if p.get("allow_postcopy") else "not allowed"))
-    action = TIMEOUT_ACTION_WORDS.get(p.get("timeout_action") or "", p.get("timeout_action") or "")
-    if p.get("timeout_s"):
-        rows.append(("Timeout", f"after {p['timeout_s']} s, {action}"))
-    else:
-        rows.append(("Timeout", "none"))
-    per_gib = p.get("completion_timeout_per_gib_s")
-    if per_gib:
-        for_vm = f": {p['completion_timeout_s']} s for this VM" if p.get("completion_timeout_s") else ""
-        rows.append(("Completion timeout", f"{per_gib} s per GiB of memory and copied disk{for_vm}, then {action}"))
-    else:
-        rows.append(("Completion timeout", "none"))
-    if p.get("progress_timeout_s"):
-        rows.append(
-            ("Progress timeout", f"when the remaining data has not fallen for {p['progress_timeout_s']} s, {action}")
-        )
-    else:
-        rows.append(("Progress timeout", "none"))
-    method = p.get("compression") or ""
-    if method:
-        details = []
-        if p.get("compression_level") is not None:
-            details.append(f"level {p['compression_level']}")
-        if p.get("compression_threads"):
-            details.append(f"{p['compression_threads']} compression threads")
-        if p.get("decompression_threads"):
-            details.append(f"{p['decompression_threads']} decompression threads")
-        words = COMPRESSION_WORDS.get(method, method)
-        rows.append(("Compression", f"{words}, {', '.join(details)}" if details else words))
-    else:
-        rows.append(("Compression", "none"))
-    parallel = p.get("parallel_connections") or 0
-    rows.append(("Connections", f"{parallel} parallel (multifd)" if parallel >= 2 else "single channel"))
-    rows.append(("Encryption", "TLS" if p.get("tls") else "none"))
-    rows.append(("Migration threads pinned to CPUs", p.get("pin_cpus") or "not pinned"))
-    rows.append(("On the destination", "persistent" if p.get("persistent_dest", True) else "transient"))
-    rows.append(("On the source", "undefined" if p.get("undefine_source", True) else "kept defined"))
-    rows.append(("Unsafe (skip libvirt's storage-safety check)", "yes" if p.get("unsafe") else "no"))
-    return rows

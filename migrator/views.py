@@ -16,8 +16,8 @@ from .fleet import slots
 from .forms import ActionForm, SettleForm
 from .live import migration_state
 from .models import Migration, MigrationState
-from .parameters import describe as describe_parameters
 from .planning import dirtyrate
+from .policies import describe as describe_parameters
 from .roles import AUDITORS, OPERATORS, has_role, role_required, sees_migrations
 
 

@@ -176,6 +176,7 @@ def review(request, vm: VirtualMachine, destination: Host):
             "form": form,
             "report": form.report,
             "parameters": parameters,
+            "parameter_rows": policies.describe(parameters),
             "prediction": prediction,
             "start_at": form.scheduled_start,
             "hidden": _post_items(form, {}),

@@ -10,7 +10,8 @@ from django.core.management import CommandError, call_command
 
 from hosts.models import Host, StorageClass, VirtualMachine
 from migrator.forms import MigrationForm
-from migrator.parameters import describe, describe_disk_plan
+from migrator.parameters import describe_disk_plan
+from migrator.policies import describe
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from migrator import policies
 from migrator.audit.models import AuditEvent
 from migrator.forms import MigrationForm
 from migrator.models import DirtyRateMeasurement, Migration
-from migrator.parameters import MigrationParameters, describe, timeout_fired_words
+from migrator.parameters import MigrationParameters, timeout_fired_words
 from migrator.planning import planner
 from migrator.wizard import _post_items
 
@@ -158,7 +158,7 @@ def test_an_old_record_without_policy_reads_as_custom_without_the_new_timeouts()
         None,
     )
     assert p.to_spec(Host(name="b", uri="qemu+tcp://b/system")).progress_timeout_s is None
-    rows = dict(describe(old))
+    rows = dict(policies.describe(old))
     assert rows["Policy"] == "Custom"
     assert rows["Timeout"] == "after 60 s, suspend the VM so the copy finishes"
     assert (rows["Completion timeout"], rows["Progress timeout"]) == ("none", "none")
@@ -170,14 +170,14 @@ def test_the_record_and_its_words_show_the_policy():
     record = p.as_record()
     assert record["policy"] == "postcopy-after" and record["postcopy_after_s"] == 30
     assert MigrationParameters.from_record(record) == p
-    rows = dict(describe(record))
+    rows = dict(policies.describe(record))
     assert rows["Policy"] == "Post-copy after N s (N = 30 s)"
     assert rows["Timeout"] == "after 30 s, switch to post-copy"
     assert rows["Completion timeout"] == (
         "800 s per GiB of memory and copied disk: 400 s for this VM, then switch to post-copy"
     )
     assert rows["Progress timeout"] == "when the remaining data has not fallen for 150 s, switch to post-copy"
-    assert dict(describe({**record, "policy": "gone"}))["Policy"] == "gone"
+    assert dict(policies.describe({**record, "policy": "gone"}))["Policy"] == "gone"
 
 
 def test_what_fired_is_said_in_plain_words():

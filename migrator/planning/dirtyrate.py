@@ -132,13 +132,6 @@ def latest(vm_uuid: str) -> DirtyRateMeasurement | None:
     return DirtyRateMeasurement.objects.filter(vm_uuid=vm_uuid).first()
 
 
-def latest_series(vm_uuid: str) -> list[DirtyRateMeasurement]:
-    last = latest(vm_uuid)
-    if last is None:
-        return []
-    return list(DirtyRateMeasurement.objects.filter(series=last.series).order_by("measured_at"))
-
-
 def vm_dirty_rate_context(request, vm: VirtualMachine) -> dict:
     history = list(DirtyRateMeasurement.objects.filter(vm_uuid=vm.uuid)[:200])
     return {

@@ -12,10 +12,9 @@ from typing import Any
 
 from hosts.models import Host, VirtualMachine
 
-from ..models import Migration, MigrationState
+from ..models import DirtyRateMeasurement, Migration, MigrationState
 from ..parameters import MigrationParameters
 from . import learning, planner
-from .dirtyrate import latest_series
 
 # The learned link speed needs this many finished uncapped migrations.
 LEARN_MIN_SAMPLES = 1
@@ -91,7 +90,7 @@ def measured_input(
     ("measured": PlanInput keywords, "tuning": what replaces PlanInput's
     defaults) and what the prediction says about them."""
     parameters = MigrationParameters.from_record(parameters)
-    series = latest_series(vm.uuid)
+    series = DirtyRateMeasurement.latest_series(vm.uuid)
     if not series:
         return {
             "available": False,

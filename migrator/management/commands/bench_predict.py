@@ -14,7 +14,8 @@ import uuid
 from django.core.management.base import BaseCommand
 
 from hosts import inventory
-from migrator.planning.dirtyrate import curve_windows, latest_series, measure_series
+from migrator.models import DirtyRateMeasurement
+from migrator.planning.dirtyrate import curve_windows, measure_series
 from migrator.planning.prediction import predict_for
 
 from ._lab import bench_user, lab_with_hosts, queue_on_lab, run_here
@@ -164,7 +165,7 @@ class Command(BaseCommand):
             "verdict": plan.get("verdict", "no prediction"),
             "outcome": migration.state,
             "bad": (not verdict_right) or (error_pct is not None and error_pct >= BAD_ERROR_PCT),
-            "curve": [(m.window_s, round(m.dirty_rate_mib_s, 1)) for m in latest_series(vm.uuid)],
+            "curve": [(m.window_s, round(m.dirty_rate_mib_s, 1)) for m in DirtyRateMeasurement.latest_series(vm.uuid)],
             "predicted_passes": plan.get("iterations"),
             "actual_passes": migration.final_stats.get("memory_iteration"),
             "actual_setup_ms": migration.final_stats.get("setup_time"),
