@@ -7,8 +7,11 @@ primary key, plus a snapshot of its name.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -17,6 +20,20 @@ from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
 
 from . import chain
+
+# The channel the events of the current request come through ("API"), when it
+# is not the browser: each event recorded meanwhile carries it as "via".
+_via: contextvars.ContextVar[str | None] = contextvars.ContextVar("audit_via", default=None)
+
+
+@contextlib.contextmanager
+def recorded_via(channel: str) -> Iterator[None]:
+    """Every audit event recorded inside says `"via": channel` (unless it says its own)."""
+    token = _via.set(channel)
+    try:
+        yield
+    finally:
+        _via.reset(token)
 
 
 class AppendOnlyError(Exception):
@@ -126,6 +143,9 @@ class AuditEvent(AppendOnlyModel):
         client_address: str | None = None,
         object_repr: str = "",
     ) -> AuditEvent:
+        via = _via.get()
+        if via and "via" not in (details or {}):
+            details = {**(details or {}), "via": via}
         with transaction.atomic():
             _lock_audit_chain()
             previous = cls.objects.order_by("-pk").values_list("hash", flat=True).first() or ""
