@@ -27,6 +27,7 @@ from django.db.models.signals import m2m_changed, post_save
 from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare
 
+from .api.models import ApiToken
 from .live import LIST_GROUP, migration_state
 from .models import DirtyRateMeasurement, Migration
 from .planning.dirtyrate import group_name as dirty_rate_group
@@ -75,10 +76,12 @@ def _account_changed(sender, instance, created: bool, raw=False, **kwargs) -> No
 
 
 @database_sync_to_async
-def _still_allowed(user_pk: int, session_key: str | None, roles: tuple[str, ...]) -> bool:
+def _still_allowed(user_pk: int, session_key: str | None, roles: tuple[str, ...], token_pk: int | None = None) -> bool:
     user = get_user_model()._default_manager.filter(pk=user_pk).first()
     if user is None or not has_role(user, *roles):
         return False
+    if token_pk is not None:
+        return ApiToken.objects.usable().filter(pk=token_pk, user_id=user_pk).exists()
     if session_key is None:
         return True  # a socket opened without a session (tests, tokens)
     from importlib import import_module
@@ -105,6 +108,7 @@ class RoleCheckedConsumer(AsyncJsonWebsocketConsumer):
         self.user_pk = user.pk
         session = self.scope.get("session")
         self.session_key = getattr(session, "session_key", None)
+        self.token_pk = self.scope.get("api_token_pk")
         await self.channel_layer.group_add(user_group(self.user_pk), self.channel_name)
         self.watch = asyncio.ensure_future(self._keep_checking())
         return True
@@ -116,7 +120,7 @@ class RoleCheckedConsumer(AsyncJsonWebsocketConsumer):
                 return
 
     async def _check(self) -> bool:
-        if await _still_allowed(self.user_pk, self.session_key, self.roles):
+        if await _still_allowed(self.user_pk, self.session_key, self.roles, self.token_pk):
             return True
         with contextlib.suppress(Exception):
             await self.send_json(

@@ -24,6 +24,7 @@ from django.dispatch import Signal
 from django.urls import reverse
 from django.utils import timezone
 
+from .api.models import ApiToken, IdempotentRequest  # noqa: F401  (the app's models live in migrator.models)
 from .audit.models import AppendOnlyModel, AuditEvent, NeverDeletedQuerySet
 from .fleet.models import Batch, BatchKind, BatchState, QueueLock  # noqa: F401  (the app's models live in migrator.models)
 

@@ -80,6 +80,9 @@ INSTALLED_APPS = [
     "django_rq",
     "bootstrap4",
     "axes",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "migrator.audit",
     "hosts",
     "hosts.certificates",
@@ -163,6 +166,72 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "prefix": os.getenv("CHANNELS_PREFIX", "test-asgi" if TESTING else "asgi")},
     }
+}
+
+# The API's rate limits count in Redis, shared by every web process and machine.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "api": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] + "-api",
+    },
+}
+
+# The REST API (/api/v1/, README "The API"): tokens or the session, the
+# browser's roles, JSON errors, rate limits per token.
+API_RATE_READ = os.getenv("API_RATE_READ", "600/min")
+API_RATE_WRITE = os.getenv("API_RATE_WRITE", "60/min")
+# A ?wait= long-poll holds a request at most this long.
+API_MAX_WAIT_S = envint("API_MAX_WAIT_S", "60")
+# How long a create's Idempotency-Key is remembered.
+IDEMPOTENCY_KEEP_HOURS = envint("IDEMPOTENCY_KEEP_HOURS", "24")
+# /metrics (Prometheus) answers a request with an API token of any role, or
+# from these networks (CIDRs, comma-separated; empty = token only).
+METRICS_ALLOWED_NETWORKS = envlist("METRICS_ALLOWED_NETWORKS", "")
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "migrator.api.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["migrator.api.permissions.ByRole"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["migrator.api.throttling.ReadRate", "migrator.api.throttling.WriteRate"],
+    "DEFAULT_THROTTLE_RATES": {"read": API_RATE_READ, "write": API_RATE_WRITE},
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "migrator.api.errors.handle",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "VM Migrator API",
+    "DESCRIPTION": "Live migration of libvirt/QEMU virtual machines: hosts, VMs, pre-checks, predictions, "
+    "migrations, evacuations, the audit log and certificates. Authenticate with "
+    "`Authorization: Bearer <token>` (a token from your API tokens page).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and Redoc from the drf-spectacular-sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "MigrationStateEnum": "migrator.models.MigrationState",
+        "BatchStateEnum": "migrator.fleet.models.BatchState",
+        "BatchKindEnum": "migrator.fleet.models.BatchKind",
+        "ActionKindEnum": "migrator.models.ActionKind",
+        "CertificateKindEnum": "hosts.certificates.models.CertificateKind",
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -4,6 +4,8 @@ from django.urls import URLPattern, URLResolver, include, path
 from django_rq import urls as rq_urls
 
 from . import views
+from .api import metrics
+from .api import pages as api_pages
 from .forms import LoginForm
 from .roles import superuser_required
 
@@ -26,6 +28,10 @@ urlpatterns = [
     path("hosts/", include("migrator.host_urls")),
     path("migrations/", include("migrator.migration_urls")),
     path("vms/<int:pk>/dirty-rate/", views.vm_dirty_rate, name="vm_dirty_rate"),
+    path("account/tokens/", api_pages.tokens, name="api_tokens"),
+    path("account/tokens/<int:pk>/revoke/", api_pages.revoke, name="api_token_revoke"),
+    path("api/v1/", include("migrator.api.urls")),
+    path("metrics", metrics.scrape, name="metrics"),
     path("admin/", admin.site.urls),
     path("django-rq/", include((superusers_only(list(rq_urls.urlpatterns)), rq_urls.app_name))),
 ]

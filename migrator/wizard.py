@@ -31,7 +31,9 @@ from .prechecks import Report, read_source_facts, run_prechecks
 from .roles import OPERATORS, role_required
 
 
-def _features(vm: VirtualMachine) -> gateway.MigrationFeatures | None:
+def vm_features(vm: VirtualMachine) -> gateway.MigrationFeatures | None:
+    """What the VM's QEMU offers for migration (compression methods, current
+    limits), or None when its host does not answer."""
     try:
         return gateway.migration_features(connect_uri(vm.host), vm.uuid)
     except gateway.GatewayError:
@@ -124,7 +126,7 @@ def _judge_all(vm: VirtualMachine, plans: list[tuple[Host, MigrationParameters]]
 
 
 def choose_parameters(request, vm: VirtualMachine, destination: Host, form: MigrationForm | None = None):
-    features = _features(vm)
+    features = vm_features(vm)
     if form is None and request.method == "POST":
         # "Change parameters" from the review: the values come back as they were.
         form = MigrationForm(request.POST, vm=vm, features=features, destination=destination, run_prechecks=False)
@@ -147,7 +149,7 @@ def choose_parameters(request, vm: VirtualMachine, destination: Host, form: Migr
 
 
 def _valid_form(request, vm: VirtualMachine, destination: Host) -> MigrationForm:
-    form = MigrationForm(request.POST, vm=vm, features=_features(vm), destination=destination)
+    form = MigrationForm(request.POST, vm=vm, features=vm_features(vm), destination=destination)
     form.is_valid()
     return form
 

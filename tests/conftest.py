@@ -21,6 +21,19 @@ def audit_anchors_elsewhere(settings, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def api_rate_counts_cleared(settings):
+    """Each test starts with no API requests counted against its rate limits."""
+    import redis
+
+    prefix = settings.CACHES["api"]["KEY_PREFIX"]
+    client = redis.Redis.from_url(settings.CACHES["api"]["LOCATION"])
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hasher(settings):
     # Production's PBKDF2 costs ~0.3 s per user; tests make many users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

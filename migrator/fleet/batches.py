@@ -36,6 +36,29 @@ def _audit(who: Requester, action: str, obj, **details: Any) -> None:
     )
 
 
+START_AT_MAX_DAYS = 30
+
+
+def parse_start_at(raw: str) -> datetime | None:
+    """A batch's optional scheduled start (ISO 8601; a time without a zone is
+    the server's): in the future, within 30 days. ValueError says what is wrong."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError("Write the start time as YYYY-MM-DD HH:MM, or leave it empty to start now.") from None
+    if timezone.is_naive(at):
+        at = timezone.make_aware(at)
+    now = timezone.now()
+    if at <= now:
+        raise ValueError("The start time is in the past: choose a later time, or leave it empty to start now.")
+    if (at - now).days >= START_AT_MAX_DAYS:
+        raise ValueError(f"The start time is more than {START_AT_MAX_DAYS} days away: choose a time within 30 days.")
+    return at
+
+
 def enter_maintenance(host: Host, who: Requester) -> bool:
     """No new migration goes to `host` from now on; False when it already was."""
     changed = Host.objects.filter(pk=host.pk, in_maintenance=False).update(

@@ -10,7 +10,6 @@ from datetime import datetime
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from hosts.models import Host
@@ -38,22 +37,7 @@ def _policy(request: HttpRequest) -> str:
 
 
 def _start_at(request: HttpRequest) -> datetime | None:
-    """The optional scheduled start: in the future, within 30 days."""
-    raw = (request.POST.get("start_at") or "").strip()
-    if not raw:
-        return None
-    try:
-        at = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValueError("Write the start time as YYYY-MM-DD HH:MM, or leave it empty to start now.") from None
-    if timezone.is_naive(at):
-        at = timezone.make_aware(at)
-    now = timezone.now()
-    if at <= now:
-        raise ValueError("The start time is in the past: choose a later time, or leave it empty to start now.")
-    if (at - now).days >= 30:
-        raise ValueError("The start time is more than 30 days away: choose a time within 30 days.")
-    return at
+    return batches.parse_start_at(request.POST.get("start_at") or "")
 
 
 def _selection(request: HttpRequest, host: Host):
