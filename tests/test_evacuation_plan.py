@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
@@ -17,7 +18,9 @@ from hosts import gateway
 from hosts.models import Host, StorageClass, VirtualMachine
 from migrator import policies
 from migrator.models import Migration, MigrationState
+from migrator.planning import learning
 from migrator.planning.evacuation import Plan, plan_evacuation, simulate
+from tests.test_migration_model import make_migration
 
 pytestmark = pytest.mark.django_db
 MIB_KIB = 1024
@@ -271,10 +274,50 @@ def test_the_plan_total_counts_the_source_limit(source, settings):
     plan = plan_evacuation(source)
 
     each = plan.steps[0].predicted_s
+    # No migration has finished here yet: each holds its slot the default overhead beyond its copy.
+    slot = each + learning.DEFAULT_SLOT_OVERHEAD_S
+    assert plan.slot_overhead_s == learning.DEFAULT_SLOT_OVERHEAD_S
+    assert "assumed until migrations have finished here" in plan.notes[0]
     assert {s.predicted_s for s in plan.steps} == {each}
-    assert [s.start_offset_s for s in plan.steps] == pytest.approx([0, 0, each, each])
-    assert plan.predicted_total_s == pytest.approx(2 * each)
+    assert [s.start_offset_s for s in plan.steps] == pytest.approx([0, 0, slot, slot])
+    assert plan.predicted_total_s == pytest.approx(2 * slot)
     assert plan.limits["outgoing"] == 2
+
+
+def test_the_slot_overhead_is_what_the_sources_migrations_took_beyond_their_copy(source):
+    start = timezone.now() - timedelta(minutes=5)
+    for extra_s in (1.0, 3.0, 8.0):
+        make_migration(
+            state=MigrationState.SUCCEEDED,
+            source_name=source.name,
+            started_at=start,
+            finished_at=start + timedelta(seconds=10 + extra_s),
+            total_time_ms=10_000,
+        )
+    assert learning.slot_overhead(source.name)[0] == pytest.approx(3.0)
+    overhead, words = learning.slot_overhead("elsewhere")
+    assert overhead == pytest.approx(3.0) and "the site's last 3" in words
+
+
+def test_migrations_already_running_hold_their_slots_in_the_plan(source, settings):
+    settings.MIGRATION_MAX_TOTAL = 5
+    source.max_outgoing = 1
+    source.save()
+    b = host("lab-b")
+    vm(source, "web-0")
+    running = make_migration(
+        state=MigrationState.RUNNING,
+        source_name=source.name,
+        destination_name=b.name,
+        started_at=timezone.now(),
+        prediction={"plan": {"total_time_s": 30.0}},
+    )
+
+    plan = plan_evacuation(source)
+
+    (step,) = plan.steps
+    assert step.start_offset_s == pytest.approx(30.0 + plan.slot_overhead_s, abs=1.0)
+    assert f"migration #{running.pk}) is already migrating" in plan.notes[1]
 
 
 def test_a_policy_sets_every_steps_parameters_and_an_unknown_one_is_refused(source):

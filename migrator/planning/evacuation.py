@@ -38,12 +38,13 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from hosts.models import Host, VirtualMachine
 
 from .. import policies
-from ..models import DirtyRateMeasurement, Migration, MigrationState
+from ..models import SLOT_STATES, DirtyRateMeasurement, Migration, MigrationState
 from ..parameters import MigrationParameters
 from ..prechecks import Report, StoredInventory, run_inventory_prechecks
 from ..prechecks.inventory import check_memory
@@ -115,6 +116,10 @@ class Plan:
     predicted_total_s: float = 0.0
     # The limits the slots were simulated under.
     limits: dict[str, Any] = field(default_factory=dict)
+    # What each migration holds its slot beyond its copy, and what the
+    # simulation started from (migrations already running), in words.
+    slot_overhead_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,6 +138,8 @@ class Plan:
             unmovable=[_from(Unmovable, u) for u in data.get("unmovable", [])],
             predicted_total_s=data.get("predicted_total_s") or 0.0,
             limits=dict(data.get("limits") or {}),
+            slot_overhead_s=data.get("slot_overhead_s") or 0.0,
+            notes=list(data.get("notes") or []),
         )
 
 
@@ -153,14 +160,19 @@ class Slots:
     def __init__(self, outgoing: int, total: int, incoming: dict[Any, int]):
         self.sending = max(0, min(outgoing, total))
         self.incoming = incoming
-        self.running: list[tuple[float, Any]] = []  # (end, destination)
+        self.running: list[tuple[float, Any]] = []  # (end, destination) out of this source
+        self.arriving: list[tuple[float, Any]] = []  # (end, destination) from other sources
         self.last_start = 0.0
+
+    def busy(self, destination: Any, end: float, *, from_source: bool) -> None:
+        """A migration already running when the plan starts, until `end`."""
+        (self.running if from_source else self.arriving).append((end, destination))
 
     def earliest(self, destination: Any) -> float:
         t = self.last_start
         ends = sorted(end for end, _ in self.running if end > t)
         start = max(t, _freed(ends, self.sending))
-        into = sorted(end for end, d in self.running if end > t and d == destination)
+        into = sorted(end for end, d in [*self.running, *self.arriving] if end > t and d == destination)
         return max(start, _freed(into, self.incoming.get(destination, settings.MIGRATION_MAX_INCOMING)))
 
     def take(self, destination: Any, start: float, duration_s: float) -> None:
@@ -431,6 +443,9 @@ def plan_evacuation(
             plan.unmovable.append(_unmovable(vm, _collapse(refusals[vm.pk])))
 
     slots = Slots(source.outgoing_limit, settings.MIGRATION_MAX_TOTAL, {h.pk: h.incoming_limit for h in candidates})
+    plan.slot_overhead_s, overhead_words = learning.slot_overhead(source.name)
+    plan.notes.append(overhead_words)
+    plan.notes += _occupy_running(slots, source, candidates, plan.slot_overhead_s)
     committed: Counter = Counter()
     placed: Counter = Counter()
     for vm in placeable:
@@ -450,7 +465,7 @@ def plan_evacuation(
             continue
         chosen, why = _choose(fitting, placed)
         d = chosen.destination
-        slots.take(d.pk, chosen.start_s, chosen.prediction.total_s)
+        slots.take(d.pk, chosen.start_s, chosen.prediction.total_s + plan.slot_overhead_s)
         committed[d.pk] += vm.memory_kib
         placed[d.pk] += 1
         params = params_for[vm.pk]
@@ -472,8 +487,35 @@ def plan_evacuation(
                 prediction=predict_for(vm, d, params),
             )
         )
-    plan.predicted_total_s = round(max((s.end_offset_s for s in plan.steps), default=0.0), 3)
+    ends = (s.end_offset_s + plan.slot_overhead_s for s in plan.steps)
+    plan.predicted_total_s = round(max(ends, default=0.0), 3)
     return plan
+
+
+def _occupy_running(slots: Slots, source: Host, candidates: list[Host], overhead_s: float) -> list[str]:
+    """Put the migrations already holding slots out of the source or into a
+    candidate into the simulation, each until its predicted end (at least
+    the slot overhead from now), and say so."""
+    by_name = {h.name: h.pk for h in candidates}
+    names = [source.name, *by_name]
+    held = Migration.objects.filter(state__in=SLOT_STATES).filter(
+        Q(source_name=source.name) | Q(destination_name__in=names)
+    )
+    now = timezone.now()
+    notes = []
+    for m in held.only("pk", "vm_name", "source_name", "destination_name", "started_at", "prediction"):
+        from_source = m.source_name == source.name
+        if not from_source and m.destination_name not in by_name:
+            continue
+        predicted = ((m.prediction or {}).get("plan") or {}).get("total_time_s") or 0.0
+        elapsed = (now - m.started_at).total_seconds() if m.started_at else 0.0
+        left = max(float(predicted) - elapsed, 0.0) + overhead_s
+        slots.busy(by_name.get(m.destination_name, m.destination_name), left, from_source=from_source)
+        notes.append(
+            f"{m.vm_name} ({m.source_name} to {m.destination_name}, migration #{m.pk}) is already migrating: "
+            f"its slot is counted busy for about {left:.0f} s more"
+        )
+    return notes
 
 
 def _round(value: float | None) -> float | None:

@@ -182,3 +182,35 @@ def vm_history(vm_uuid: str, limit: int = 10) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# Before a site has finished migrations, each is assumed to hold its slot this
+# long beyond libvirt's job: the worker's pickup, its re-checks and images
+# before the job, the clean-up after it.
+DEFAULT_SLOT_OVERHEAD_S = 2.0
+SLOT_OVERHEAD_WINDOW = 20
+
+
+def slot_overhead(source_name: str) -> tuple[float, str]:
+    """How long a migration out of `source_name` holds its slot beyond
+    libvirt's own job, and what says so: the median over the source's newest
+    successes (the site's when the source has none), or the default."""
+    done = Migration.objects.filter(
+        state=MigrationState.SUCCEEDED,
+        started_at__isnull=False,
+        finished_at__isnull=False,
+        total_time_ms__isnull=False,
+    ).order_by("-finished_at")
+    for rows, whose in ((done.filter(source_name=source_name), f"{source_name}'s"), (done, "the site's")):
+        spans = rows.values_list("started_at", "finished_at", "total_time_ms")[:SLOT_OVERHEAD_WINDOW]
+        gaps = [max(0.0, (end - start).total_seconds() - ms / 1000.0) for start, end, ms in spans]
+        if gaps:
+            median = statistics.median(gaps)
+            return median, (
+                f"each migration holds its slot {median:.1f} s beyond its copy (preparing and cleaning up: "
+                f"the median of {whose} last {len(gaps)})"
+            )
+    return DEFAULT_SLOT_OVERHEAD_S, (
+        f"each migration holds its slot {DEFAULT_SLOT_OVERHEAD_S:.1f} s beyond its copy (preparing and "
+        "cleaning up; assumed until migrations have finished here)"
+    )

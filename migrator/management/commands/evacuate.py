@@ -26,6 +26,8 @@ def print_plan(out, plan) -> None:
         )
     for u in plan.unmovable:
         out.write(f"cannot move {u['vm_name']}: {'; '.join(u['reasons'])}")
+    for note in plan.notes:
+        out.write(f"note: {note}")
     out.write(f"predicted total {plan.predicted_total_s:.0f} s for {len(plan.steps)} VM(s)")
 
 
