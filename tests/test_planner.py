@@ -47,6 +47,21 @@ def test_it_calibrates_setup_and_overhead():
     assert p.downtime_ms == pytest.approx(200)
 
 
+def test_it_copies_local_disks_before_the_first_pass():
+    # 64 MiB of disk data at the 16 MiB/s cap: 4 s before memory starts, then
+    # 256 MiB of an idle guest's memory at 16 MiB/s: 16 s.
+    p = plan(PlanInput(memory_mib=256, dirty_rate_mib_s=0, bandwidth_mib_s=16, disk_mib=64))
+    assert p.total_time_s == pytest.approx(0.3 + 4.0 + 16.0 + 0.05)
+    assert p.downtime_ms == pytest.approx(50)
+    assert p.data_sent_mib == pytest.approx(256)  # memory only: the disk data is counted apart
+
+
+def test_a_timeout_counts_the_disk_copy():
+    # The 10 s timeout fires 5.7 s into the memory: 4.3 s went to setup and the disks.
+    p = plan(PlanInput(256, 0, 16, disk_mib=64, timeout_s=10, timeout_action="abort"))
+    assert p.verdict == Verdict.WILL_NOT_CONVERGE and p.total_time_s == pytest.approx(10)
+
+
 def test_it_never_converges_when_dirty_rate_exceeds_bandwidth():
     p = plan(PlanInput(memory_mib=2048, dirty_rate_mib_s=150, bandwidth_mib_s=100))
     assert p.verdict == Verdict.WILL_NOT_CONVERGE

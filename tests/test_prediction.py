@@ -56,6 +56,20 @@ def test_it_predicts_from_the_latest_series_and_the_cap(vm, test_host):
     assert prediction["zero_page_fraction"] == 0 and not prediction["zero_pages_known"]
 
 
+def test_it_adds_the_copied_disks_data_at_the_cap(vm, test_host):
+    vm.disks = [
+        {"target": "vda", "capacity_bytes": 8 * 2**30, "allocation_bytes": 96 * 2**20},
+        {"target": "vdb", "capacity_bytes": 2**30, "allocation_bytes": None},
+    ]
+    measure(vm, 1)
+    shared = predict_for(vm, test_host, {"bandwidth_mib_s": 32})
+    local = predict_for(vm, test_host, {"bandwidth_mib_s": 32, "disks": ["vda"]})
+    both = predict_for(vm, test_host, {"bandwidth_mib_s": 32, "disks": ["vda", "vdb"]})
+    # vda holds 96 MiB (3 s at 32 MiB/s); vdb's allocation is unknown: its whole 1 GiB (32 s).
+    assert local["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(3.0, abs=0.01)
+    assert both["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(35.0, abs=0.01)
+
+
 def test_it_recommends_form_changes_when_the_vm_will_not_converge(vm, test_host):
     vm.memory_kib = 256 * 1024  # like the lab's cache-hot
     measure(vm, 32)

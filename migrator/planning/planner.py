@@ -106,6 +106,9 @@ class PlanInput:
     # sets the rate limit to INT64_MAX), so the last pages go at link speed.
     final_copy_bandwidth_mib_s: float | None = None
     setup_s: float = 0.3
+    # Local disks copied first (libvirt's NBD drive-mirror, under the same
+    # bandwidth limit) before the memory's first pass starts.
+    disk_mib: float = 0.0
     # A plan must still converge when the guest dirties this much more than measured
     # (see ``evaluate``); 0 judges the measured rate alone.
     rate_margin: float = RATE_MARGIN
@@ -125,6 +128,8 @@ class PlanInput:
             raise ValueError("max_downtime_ms must be >= 0 and page_size_bytes > 0")
         if not 0.0 <= self.zero_page_fraction < 1.0:
             raise ValueError("zero_page_fraction must be in [0, 1)")
+        if self.disk_mib < 0:
+            raise ValueError("disk_mib must be >= 0")
         if self.rate_margin < 0 or self.dirty_scale <= 0:
             raise ValueError("rate_margin must be >= 0 and dirty_scale > 0")
         if self.timeout_action not in (None, *TIMEOUT_ACTIONS):
@@ -262,6 +267,13 @@ def _wire_bandwidth(inp: PlanInput) -> float:
     return inp.bandwidth_mib_s * min(gain, MULTIFD_GAIN_MAX)
 
 
+def disk_copy_s(inp: PlanInput) -> float:
+    """Seconds to copy the local disks before memory: their data at the
+    bandwidth (the mirror runs under the migration's limit; compression and
+    multifd do not apply to it)."""
+    return inp.disk_mib / inp.bandwidth_mib_s if inp.disk_mib else 0.0
+
+
 def _multipliers(compression: str | None) -> tuple[float, float]:
     """(first pass, later passes and final copy) page-bytes per wire-byte."""
     mult = COMPRESSION_MULTIPLIER.get(compression or "", 1.0)
@@ -303,7 +315,7 @@ def _simulate(inp: PlanInput) -> Plan:
     timeout = inp.timeout_s
     fired = "completion"
     action = (inp.timeout_action or "suspend") if timeout is not None or inp.progress_timeout_s else None
-    elapsed, sent_total, n = inp.setup_s, 0.0, 0
+    elapsed, sent_total, n = inp.setup_s + disk_copy_s(inp), 0.0, 0
     to_send = inp.memory_mib * (1.0 - inp.zero_page_fraction)
     throttle, high_cnt = 0, 0
     period_dirty, period_xfer, period_s = 0.0, 0.0, inp.setup_s

@@ -20,6 +20,7 @@ from . import learning, planner
 LEARN_MIN_SAMPLES = 1
 # Never assume a guest is emptier than this: its next migration may find it busier.
 MAX_ZERO_PAGE_FRACTION = 0.95
+MIB = 2**20
 
 
 def learned_throughput_mib_s(source_name: str, destination_name: str) -> float | None:
@@ -128,6 +129,7 @@ def measured_input(
         "series": series,
         "measured": {
             "memory_mib": vm.memory_kib / 1024,
+            "disk_mib": copied_disk_mib(vm, parameters),
             "dirty_rate_mib_s": dirty,
             "dirty_rate_curve": tuple(curve),
             "bandwidth_mib_s": bandwidth,
@@ -139,6 +141,16 @@ def measured_input(
         "bandwidth_source": source,
         "zero_pages_known": learned_zero is not None,
     }
+
+
+def copied_disk_mib(vm: VirtualMachine, parameters: MigrationParameters) -> float:
+    """The data of the disks the migration copies: what each image holds
+    (its allocation; its size when the inventory does not say)."""
+    chosen = set(parameters.disks)
+    data = sum(
+        int(d.get("allocation_bytes") or d.get("capacity_bytes") or 0) for d in vm.disks if d.get("target") in chosen
+    )
+    return data / MIB
 
 
 def planner_input_for(parameters: MigrationParameters, measured: dict[str, Any]) -> planner.PlanInput:
