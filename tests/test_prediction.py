@@ -68,6 +68,7 @@ def test_it_adds_the_copied_disks_data_at_the_cap(vm, test_host):
     # vda holds 96 MiB (3 s at 32 MiB/s); vdb's allocation is unknown: its whole 1 GiB (32 s).
     assert local["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(3.0, abs=0.01)
     assert both["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(35.0, abs=0.01)
+    assert (local["disk_mib"], local["disk_copy_s"]) == (96.0, 3.0) and shared["disk_mib"] == 0
 
 
 def test_it_recommends_form_changes_when_the_vm_will_not_converge(vm, test_host):

@@ -188,6 +188,8 @@ def predict_for(
         "bandwidth_mib_s": round(inp.bandwidth_mib_s, 2),
         "bandwidth_source": measured["bandwidth_source"],
         "zero_page_fraction": round(inp.zero_page_fraction, 3),
+        "disk_mib": round(inp.disk_mib, 1),
+        "disk_copy_s": round(planner.disk_copy_s(inp), 1),
         "zero_pages_known": measured["zero_pages_known"],
         "plan": plan,
         # The model's own figure: what the next migration's lesson is measured against.
