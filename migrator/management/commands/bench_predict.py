@@ -8,12 +8,14 @@ own migrations would."""
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 import uuid
 
 from django.core.management.base import BaseCommand
 
-from hosts import inventory
+from hosts import gateway, inventory
+from hosts.lab import DiskSpec
 from migrator.models import DirtyRateMeasurement
 from migrator.planning.dirtyrate import curve_windows, measure_series
 from migrator.planning.prediction import predict_for
@@ -28,7 +30,15 @@ OPTIONS = {
     "auto-converge": {"auto_converge": True},
     "multifd": {"parallel_connections": 2},
     "xbzrle": {"compression": "xbzrle"},
+    # The guest's local disk copied first (NBD), then its memory.
+    "copy-storage": {"disks": ["vda"]},
 }
+# A copy-storage guest's local disk, and the data written into it before each
+# run (a block mirror copies only what was written).
+DISK = DiskSpec("vda", size_mib=128)
+DISK_DATA_MIB = 96
+# The shapes copy-storage runs under (the disk adds the same to each).
+DISK_SHAPES = (0, 2, 3, 5)
 # Guest size (MiB) × dirtying × cap (MiB/s) × downtime (ms): a fractional
 # design that varies each factor against a base case, run under every option.
 # Dirtying: `dirty` MiB rewritten per second, as `writes` rewrites a second of
@@ -43,7 +53,7 @@ SHAPES = (
     {"memory": 256, "dirty": 0, "writes": 1, "cap": 16, "downtime": 300},
     {"memory": 512, "dirty": 24, "writes": 4, "cap": 16, "downtime": 1000},
 )
-QUICK = ((0, "pre-copy"), (1, "auto-converge"), (2, "multifd"), (4, "xbzrle"))
+QUICK = ((0, "pre-copy"), (1, "auto-converge"), (2, "multifd"), (4, "xbzrle"), (2, "copy-storage"))
 
 
 def wilson_interval(bad: int, runs: int, z: float = 1.96) -> tuple[float, float]:
@@ -77,21 +87,29 @@ class Command(BaseCommand):
         wanted = [name.strip() for name in o["options"].split(",") if name.strip()]
         cases = QUICK if o["quick"] else [(i, opt) for opt in wanted for i in range(len(SHAPES))]
         cases = [(i, opt) for i, opt in cases if opt in wanted]
+        cases = [(i, opt) for i, opt in cases if opt != "copy-storage" or o["quick"] or i in DISK_SHAPES]
         rows = []
         self.stdout.write(
             f"{'option':>13} {'MiB':>4} {'dirty':>5} {'w/s':>3} {'cap':>4} {'dt':>5} | {'pred s':>7} "
             f"{'range':>11} {'act s':>7} {'err %':>6} | {'pred dt':>7} {'act dt':>7} | {'outcome':>9}"
         )
-        for shape_index in sorted({i for i, _ in cases}):
+        # A guest per shape, and one with a local disk for copy-storage.
+        for shape_index, with_disk in sorted({(i, opt == "copy-storage") for i, opt in cases}):
             shape = SHAPES[shape_index]
-            name = f"bench-s{shape_index}"
+            name = f"bench-s{shape_index}" + ("-disk" if with_disk else "")
             writes = max(1, shape["writes"])
-            lab.define_guest(name, shape["memory"], dirty_mb=shape["dirty"] // writes, dirty_sleep=1 / writes)
+            lab.define_guest(
+                name,
+                shape["memory"],
+                dirty_mb=shape["dirty"] // writes,
+                dirty_sleep=1 / writes,
+                disks=(DISK,) if with_disk else (),
+            )
             try:
                 # One uncapped migration teaches the planner the link and the guest's zero pages.
-                self._calibrate(lab, a, b, user, name)
+                self._calibrate(lab, a, b, user, name, with_disk)
                 for index, option in cases:
-                    if index != shape_index:
+                    if index != shape_index or (option == "copy-storage") != with_disk:
                         continue
                     for _ in range(o["repeat"]):
                         row = self._run(lab, a, b, user, name, shape, option, o)
@@ -103,13 +121,29 @@ class Command(BaseCommand):
             inventory.refresh_host(host)
         self._summary(rows)
 
-    def _calibrate(self, lab, a, b, user, name) -> None:
-        lab.reset_guest(name)
+    def _calibrate(self, lab, a, b, user, name, with_disk: bool) -> None:
+        self._boot(lab, name, with_disk)
         time.sleep(2)
-        run_here(queue_on_lab(a, b, user, name, max_downtime_ms=300))
+        run_here(queue_on_lab(a, b, user, name, max_downtime_ms=300, **({"disks": ["vda"]} if with_disk else {})))
+
+    @staticmethod
+    def _boot(lab, name: str, with_disk: bool) -> None:
+        """The guest afresh on lab-a; a disk guest's disk holds DISK_DATA_MIB first."""
+        if not with_disk:
+            lab.reset_guest(name)
+            return
+        lab.park_guest(name)
+        image = lab.host_path("A", str(lab.image_path(name, DISK)))
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {DISK_DATA_MIB}M", str(image)],
+            check=True,
+            capture_output=True,
+        )
+        gateway.start_domain(lab.uri("A"), name)
+        lab.wait_booted(name, "A")
 
     def _run(self, lab, a, b, user, name, shape, option, o) -> dict:
-        lab.reset_guest(name)
+        self._boot(lab, name, option == "copy-storage")
         time.sleep(2)  # let the dirty loop settle
         inventory.refresh_host(a)
         vm = a.vms.get(name=name)
