@@ -233,6 +233,9 @@ class Lab(Layout):
     def check_guest(self, name: str, since: float | None = None) -> GuestHealth:
         return self._checks.check_guest(name, since)
 
+    def kernel_panics(self, since: float) -> list[str]:
+        return self._checks.kernel_panics(since)
+
     # ---------------------------------------------------------- Django
 
     def register(self) -> list[Host]:

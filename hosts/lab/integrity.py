@@ -23,9 +23,10 @@ from hosts import gateway
 from .daemons import Daemons
 from .faults import daemon_stopped
 from .guests import BOOT_PATTERN_RE, PATTERN_CHECK_RE, TICK_RE, TICK_TIMEOUT_S, boot_pattern_file
-from .layout import HOSTS, Layout, hostdef, say_keys
+from .layout import HOSTS, SERIAL_LOG_DIR, Layout, hostdef, say_keys
 from .system import process_alive
 
+KERNEL_PANIC = "Kernel panic - not syncing"
 UNKNOWN = "unknown"  # the state of a guest on a host whose daemon cannot tell
 QUERY_TIMEOUT_S = 10.0  # a daemon that takes longer does not answer
 PATTERN_TIMEOUT_S = 20.0  # the guest checks its pattern every 5 s; TCG guests sharing two cores lag
@@ -64,6 +65,21 @@ class GuestChecks:
         """(host key, state) for each lab host that has the guest: "running",
         "paused", "shut off", … or "unknown" when the host's daemon does not answer."""
         return self._states(name)[0]
+
+    def kernel_panics(self, since: float) -> list[str]:
+        """Each guest kernel that panicked in a serial log written since the
+        epoch time `since`: "guest on host: the panic line"."""
+        found = []
+        for key in HOSTS:
+            directory = self._layout.host_path(key, SERIAL_LOG_DIR)
+            for log in sorted(directory.glob("*-serial.log")) if directory.is_dir() else ():
+                if log.stat().st_mtime < since:
+                    continue
+                text = log.read_text(errors="replace")
+                panic = next((line for line in text.splitlines() if KERNEL_PANIC in line), None)
+                if panic is not None:
+                    found.append(f"{log.name.removesuffix('-serial.log')} on {key}: {panic.strip()}")
+        return found
 
     def last_tick(self, name: str, host: str) -> float | None:
         """The guest's uptime on its last tick line in the host's serial log."""
