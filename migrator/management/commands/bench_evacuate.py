@@ -42,6 +42,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, **options):
+        self.verbosity = options["verbosity"]
         lab, a, _b = lab_with_hosts()
         names = [f"bench-evac-{i + 1}" for i in range(len(DIRTY_MB))]
         for spec in DEMO_GUESTS:
@@ -93,8 +94,7 @@ class Command(BaseCommand):
                     raise CommandError(f"{step.vm_name} one by one: {m.state}: {m.error_message}")
         finally:
             if worker is not None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                worker.wait(60)
+                self._stop_worker(worker)
             for name in names:
                 lab.remove_guest(name)
         actual = report.actual_total_s or 0.0
@@ -106,6 +106,19 @@ class Command(BaseCommand):
             f"vms={len(names)} predicted_s={plan.predicted_total_s:.1f} actual_s={actual:.1f} "
             f"sequential_s={sequential:.1f}"
         )
+
+    def _stop_worker(self, worker: subprocess.Popen) -> None:
+        """A warm shutdown; a worker that has not stopped after a minute is killed."""
+        started = time.monotonic()
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+            self.stderr.write("The worker did not stop within 60 s of SIGTERM; it was killed.")
+        if self.verbosity > 1:
+            self.stdout.write(f"worker stopped in {time.monotonic() - started:.1f} s")
 
     def _start_worker(self, processes: int) -> subprocess.Popen:
         log_dir = Path(settings.BASE_DIR) / "var"
