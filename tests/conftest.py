@@ -74,3 +74,11 @@ def test_host(db):
     host = Host.objects.create(name="testhost", uri="test:///default", shared_prefixes="/shared\n")
     inventory.refresh_host(host)
     return host
+
+
+@pytest.fixture
+def two_hosts(test_host):
+    """The test host and a second one on the same driver (the pre-checks see one host)."""
+    other = Host.objects.create(name="other", uri="test:///default")
+    inventory.refresh_host(other)
+    return test_host, other

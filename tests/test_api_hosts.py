@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from hosts import inventory
 from hosts.forms import HostForm
 from hosts.models import Host
 from migrator.audit.models import AuditEvent
@@ -35,13 +34,6 @@ HOSTILE_URIS = [
 @pytest.fixture(autouse=True)
 def test_driver_allowed(settings):
     settings.LIBVIRT_ALLOW_TEST_DRIVER = True
-
-
-@pytest.fixture
-def two_hosts(test_host):
-    other = Host.objects.create(name="other", uri="test:///default")
-    inventory.refresh_host(other)
-    return test_host, other
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ import time
 import pytest
 from django.db import connection
 
-from hosts import inventory
-from hosts.models import Host
 from migrator.audit.models import AuditEvent
 from migrator.models import DirtyRateMeasurement, Migration, MigrationState
 
@@ -21,13 +19,6 @@ from .test_migration_model import make_migration
 from .test_wizard import _passing_report
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def two_hosts(test_host):
-    other = Host.objects.create(name="other", uri="test:///default")
-    inventory.refresh_host(other)
-    return test_host, other
 
 
 @pytest.fixture

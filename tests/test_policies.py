@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from hosts import gateway, inventory
+from hosts import gateway
 from hosts.gateway.migration import PROGRESS_MIN_FALL_BYTES, ProgressWatch
 from hosts.models import Host
 from migrator import policies
@@ -197,13 +197,6 @@ def test_what_fired_is_said_in_plain_words():
 
 
 # ------------------------------------------------------------ the form
-
-
-@pytest.fixture
-def two_hosts(test_host):
-    other = Host.objects.create(name="other", uri="test:///default")
-    inventory.refresh_host(other)
-    return test_host, other
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from hosts import inventory
 from hosts.models import Host
 from migrator.forms import MigrationForm
 from migrator.models import Migration
@@ -15,13 +14,6 @@ from migrator.wizard import _post_items
 
 pytestmark = pytest.mark.django_db
 NEW = "migrator:new"
-
-
-@pytest.fixture
-def two_hosts(test_host):
-    other = Host.objects.create(name="other", uri="test:///default")
-    inventory.refresh_host(other)
-    return test_host, other
 
 
 @pytest.fixture
