@@ -17,7 +17,7 @@ from hosts.models import Host, VirtualMachine
 
 from .audit.requests import audit
 from .models import Batch, BatchKind, Migration
-from .planning import learning
+from .planning import learning, planner, prediction
 from .planning.dirtyrate import vm_dirty_rate_context
 from .roles import OPERATORS, role_required, sees_migrations, superuser_required
 
@@ -38,6 +38,11 @@ def host_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "vms": [(vm, active.get(vm.uuid)) for vm in vms],
             "info": host.info,
             "learned": learning.learned_from(host.name) if sees else [],
+            "compression_learned": [
+                found
+                for method in planner.STREAM_COMPRESSORS
+                if sees and (found := prediction.learned_compression(host.name, method))
+            ],
             "running_vms": [vm for vm in vms if vm.running],
             "other_hosts": Host.objects.enabled().filter(in_maintenance=False).exclude(pk=host.pk),
             "batch": Batch.objects.filter(source=host, kind=BatchKind.EVACUATION).first() if sees else None,

@@ -164,3 +164,22 @@ def test_the_host_and_vm_pages_show_what_was_learned(vm, test_host, login):
     vm_page = login("auditor").get(reverse("hosts:vm", args=[vm.pk])).content.decode()
     assert 'id="prediction-history"' in vm_page and "12.0 s" in vm_page
     assert 'id="learned"' not in login("security").get(reverse("hosts:detail", args=[test_host.pk])).content.decode()
+
+
+def test_the_host_page_shows_what_compression_taught(vm, test_host, login):
+    m = make_migration(
+        vm_uuid=vm.uuid,
+        source_name=test_host.name,
+        destination_name="b",
+        parameters={"bandwidth_mib_s": 16, "compression": "mt"},
+        prediction={"available": True, "plan": {"data_sent_mib": 100.0}},
+    )
+    m.claim(1, "h")
+    m.finish({"time_elapsed": 9000, "memory_processed": 50 * 2**20, "memory_total": 2**27, "memory_constant": 2**15})
+    page = login("operator").get(reverse("hosts:detail", args=[test_host.pk])).content.decode()
+    # 100 MiB of pages in 50 MiB sent; 9 s, of which 50 MiB at 16 MiB/s took 3.125 s.
+    assert 'id="compression-learned"' in page and "2.00 MiB" in page and "17 MiB/s" in page
+    assert (
+        'id="compression-learned"'
+        not in login("security").get(reverse("hosts:detail", args=[test_host.pk])).content.decode()
+    )

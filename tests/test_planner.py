@@ -18,7 +18,9 @@ from migrator.planning.planner import (
     fit_dirty_curve,
     learned_bandwidth,
     plan,
+    predicted_range,
     recommend,
+    widened_for_compression,
 )
 
 RANK = {"will_not_converge": 0, "converges_with_help": 1, "converges": 2}
@@ -270,6 +272,46 @@ def test_it_models_compression_and_multifd():
     assert link.iterations_detail[0].duration_s == pytest.approx(256 / 115)
     many = plan(replace(base, parallel_connections=64, bandwidth_is_cap=False))
     assert many.iterations_detail[0].duration_s == pytest.approx(256 / 125)
+
+
+def test_compressing_and_sending_take_turns_once_the_threads_pace_is_known():
+    # 160 MiB of pages, 1.6 page bytes per wire byte, 32 MiB/s cap, threads 60 MiB/s:
+    # each MiB costs 1/60 s to compress plus 1/(32 x 1.6) s to send.
+    base = PlanInput(160, 0, 32, compression="mt", compression_ratio=1.6, compress_mib_s=60)
+    first = plan(base).iterations_detail[0]
+    assert first.duration_s == pytest.approx(160 * (1 / 60 + 1 / 51.2))
+    # Until the threads' pace is measured they cost nothing, and the ratio is the learned one.
+    assert plan(replace(base, compress_mib_s=None)).iterations_detail[0].duration_s == pytest.approx(160 / 51.2)
+    # xbzrle is no stream compressor: neither figure applies to it.
+    xb = plan(replace(base, compression="xbzrle")).iterations_detail[0]
+    assert xb.duration_s == pytest.approx(160 / 32)
+
+
+def test_slow_compression_threads_lower_the_switch_over_threshold():
+    # QEMU measures the wire: threads that hold it to 16 of 32 MiB/s halve the pages
+    # that fit in the downtime budget (16 MiB/s x 1 s = 16 MiB, not 32).
+    slow = PlanInput(64, 20, 32, max_downtime_ms=1000, compression="mt", compression_ratio=1.0, compress_mib_s=32)
+    result = plan(slow)
+    rate = 1 / (1 / 32 + 1 / 32)
+    assert result.iterations_detail[0].duration_s == pytest.approx(64 / rate)
+    assert result.verdict is Verdict.WILL_NOT_CONVERGE, "20 MiB/s of dirtying outruns 16 MiB/s of pages"
+
+
+def test_an_unmeasured_compressor_widens_the_range_to_no_gain():
+    inp = PlanInput(160, 0, 32, compression="mt")
+    nominal = plan(inp)
+    spread = predicted_range(inp, nominal)
+    assert spread.high_s == pytest.approx(nominal.total_time_s)
+    wide = widened_for_compression(inp, spread, 1.3)
+    # No gain: 160 MiB at 32 MiB/s, times the residuals' p90.
+    assert wide.high_s == pytest.approx(plan(replace(inp, compression_ratio=1.0)).total_time_s * 1.3)
+    assert wide.low_s == spread.low_s and not wide.too_close
+    # A guest that converges only with the gain is too close to call until the pace is known.
+    hot = PlanInput(256, 36, 32, compression="mt", compression_ratio=1.6)
+    hot_spread = predicted_range(hot, plan(hot))
+    assert hot_spread.high_s is not None
+    hot_wide = widened_for_compression(hot, hot_spread, 1.3)
+    assert hot_wide.high_s is None and hot_wide.too_close
 
 
 def test_it_skips_zero_pages_in_the_first_pass():

@@ -93,6 +93,12 @@ class PlanInput:
     bandwidth_is_cap: bool = True  # False: bandwidth_mib_s is a measured link throughput
     auto_converge: bool = False
     compression: str | None = None  # "mt" | "zlib" | "zstd" | "xbzrle" | None
+    # What earlier migrations with the same stream compressor (mt, zlib, zstd)
+    # measured: page bytes per wire byte (None: COMPRESSION_MULTIPLIER), and the
+    # page data the source's compression threads get through per second of
+    # their own time (None: not measured yet, taken as no cost; see page_rate).
+    compression_ratio: float | None = None
+    compress_mib_s: float | None = None
     parallel_connections: int = 1  # multifd channels
     postcopy: bool = False  # switch to post-copy after the first pass
     timeout_s: float | None = None  # counted from the start, setup included
@@ -130,6 +136,10 @@ class PlanInput:
             raise ValueError("zero_page_fraction must be in [0, 1)")
         if self.disk_mib < 0:
             raise ValueError("disk_mib must be >= 0")
+        if (self.compression_ratio is not None and self.compression_ratio <= 0) or (
+            self.compress_mib_s is not None and self.compress_mib_s <= 0
+        ):
+            raise ValueError("compression_ratio and compress_mib_s must be positive")
         if self.rate_margin < 0 or self.dirty_scale <= 0:
             raise ValueError("rate_margin must be >= 0 and dirty_scale > 0")
         if self.timeout_action not in (None, *TIMEOUT_ACTIONS):
@@ -274,10 +284,28 @@ def disk_copy_s(inp: PlanInput) -> float:
     return inp.disk_mib / inp.bandwidth_mib_s if inp.disk_mib else 0.0
 
 
-def _multipliers(compression: str | None) -> tuple[float, float]:
+STREAM_COMPRESSORS = ("mt", "zlib", "zstd")
+
+
+def _multipliers(inp: PlanInput) -> tuple[float, float]:
     """(first pass, later passes and final copy) page-bytes per wire-byte."""
-    mult = COMPRESSION_MULTIPLIER.get(compression or "", 1.0)
+    compression = inp.compression or ""
+    if compression in STREAM_COMPRESSORS and inp.compression_ratio is not None:
+        return inp.compression_ratio, inp.compression_ratio
+    mult = COMPRESSION_MULTIPLIER.get(compression, 1.0)
     return (1.0 if compression == "xbzrle" else mult), mult
+
+
+def page_rate(inp: PlanInput, wire_mib_s: float, mult: float) -> float:
+    """Page data copied per second: the wire's bytes times what compression
+    packs into each, slowed by the compression threads. Each thread holds one
+    page, and the migration thread hands out the next ones only between its
+    sends, which the bandwidth limit paces: compressing and sending take turns,
+    so their times add (1 MiB of pages costs 1/compress + 1/(wire x ratio))."""
+    rate = wire_mib_s * mult
+    if inp.compress_mib_s is not None and (inp.compression or "") in STREAM_COMPRESSORS:
+        rate = 1.0 / (1.0 / rate + 1.0 / inp.compress_mib_s)
+    return rate
 
 
 def _result(
@@ -307,10 +335,12 @@ def _result(
 def _simulate(inp: PlanInput) -> Plan:
     """Run the pass-by-pass model; no recommendations (those call back into here)."""
     wire = _wire_bandwidth(inp)
-    first_mult, later_mult = _multipliers(inp.compression)
-    final_bw = max(wire, inp.final_copy_bandwidth_mib_s or 0.0) * later_mult
-    # QEMU compares pending page bytes with *measured wire* bandwidth x downtime-limit.
-    threshold = wire * inp.max_downtime_ms / 1000.0
+    first_mult, later_mult = _multipliers(inp)
+    final_bw = page_rate(inp, max(wire, inp.final_copy_bandwidth_mib_s or 0.0), later_mult)
+    # QEMU compares pending page bytes with *measured wire* bandwidth x downtime-limit:
+    # below the cap when the compression threads set the pace.
+    measured_wire = page_rate(inp, wire, later_mult) / later_mult
+    threshold = measured_wire * inp.max_downtime_ms / 1000.0
     overhead_s = inp.switchover_overhead_ms / 1000.0
     timeout = inp.timeout_s
     fired = "completion"
@@ -378,7 +408,7 @@ def _simulate(inp: PlanInput) -> Plan:
     if timeout is not None and elapsed >= timeout:
         return on_timeout(inp.memory_mib)
     while True:
-        bw = wire * (first_mult if n == 0 else later_mult)
+        bw = page_rate(inp, wire, first_mult if n == 0 else later_mult)
         duration = to_send / bw
         if timeout is not None and elapsed + duration > timeout:
             # Timeout strikes mid-pass: the unsent part of this pass plus what was dirtied
@@ -397,7 +427,7 @@ def _simulate(inp: PlanInput) -> Plan:
         if inp.auto_converge:
             # migration_trigger_throttle(), evaluated at the bitmap sync ending each pass.
             period_dirty += dirtied
-            period_xfer += duration * wire
+            period_xfer += duration * min(wire, bw / (first_mult if n == 1 else later_mult))
             period_s += duration
             if period_s > THROTTLE_PERIOD_MIN_S:
                 if period_dirty > period_xfer * THROTTLE_TRIGGER_THRESHOLD_PCT / 100:
@@ -591,6 +621,20 @@ def predicted_range(
         verdict_low=low_plan.verdict,
         verdict_high=high_plan.verdict,
     )
+
+
+def widened_for_compression(inp: PlanInput, spread: PredictedRange, r_high: float) -> PredictedRange:
+    """Until a migration from this host measured how fast its compression
+    threads go, they may be what sets the pace: the range then reaches the
+    migration without any gain from compression (the threads packing no more
+    than the link carries), and a guest that converges only with the gain is
+    too close to call."""
+    slowest = evaluate(replace(inp, compression_ratio=1.0, rate_margin=0.0))
+    if slowest.verdict is Verdict.WILL_NOT_CONVERGE:
+        return replace(spread, high_s=None, too_close=spread.too_close or spread.high_s is not None)
+    if spread.high_s is None:
+        return spread
+    return replace(spread, high_s=max(spread.high_s, slowest.total_time_s * r_high))
 
 
 def _nice_up(x: float) -> float:

@@ -47,6 +47,50 @@ def learned_throughput_mib_s(source_name: str, destination_name: str) -> float |
     return planner.learned_bandwidth(speeds)
 
 
+def learned_compression(source_name: str, method: str) -> dict[str, Any] | None:
+    """What earlier migrations from the same host with the same stream
+    compressor measured: `ratio`, page data per wire byte (the page data of
+    each record's plan, or at least its first pass, over the wire bytes libvirt
+    counted), and `compress_mib_s`, page data per second of the compression
+    threads' own time: what the copy took beyond sending its wire bytes at
+    the cap, or at the link's learned speed (planner.page_rate adds the two
+    back). None when no such migration finished."""
+    rows = Migration.objects.filter(
+        state=MigrationState.SUCCEEDED, source_name=source_name, parameters__compression=method
+    ).order_by("-finished_at")[:20]
+    ratios, rates = [], []
+    links: dict[str, float | None] = {}
+    for m in rows:
+        stats = m.final_stats or {}
+        wire_mib = (stats.get("memory_processed") or 0) / MIB
+        page = stats.get("memory_page_size") or 4096
+        first_pass_mib = ((stats.get("memory_total") or 0) - (stats.get("memory_constant") or 0) * page) / MIB
+        page_mib = max(float(((m.prediction or {}).get("plan") or {}).get("data_sent_mib") or 0), first_pass_mib)
+        if wire_mib <= 0 or page_mib <= 0:
+            continue
+        ratios.append(min(10.0, max(1.0, page_mib / wire_mib)))
+        if stats.get("disk_total"):
+            continue  # the copy's time holds the disks' too
+        elapsed_ms, setup_ms, pause_ms = (stats.get(k) or 0 for k in ("time_elapsed", "setup_time", "downtime"))
+        move_s = (elapsed_ms - setup_ms - pause_ms) / 1000
+        pace = m.parameters.get("bandwidth_mib_s")
+        if not pace:
+            if m.destination_name not in links:
+                links[m.destination_name] = learned_throughput_mib_s(m.source_name, m.destination_name)
+            pace = links[m.destination_name]
+        compress_s = move_s - wire_mib / pace if pace else 0.0
+        if compress_s > 0.05 * move_s:
+            rates.append(page_mib / compress_s)
+    if not ratios:
+        return None
+    return {
+        "method": method,
+        "samples": len(ratios),
+        "ratio": round(statistics.median(ratios), 3),
+        "compress_mib_s": round(statistics.median(rates), 2) if rates else None,
+    }
+
+
 def learned_switchover_ms(source_name: str, destination_name: str) -> float | None:
     """What switching over costs between the two hosts beyond copying the last
     pages: the shortest recent pause. Every pause is that fixed cost (device
@@ -124,6 +168,16 @@ def measured_input(
     tuning: dict[str, Any] = {"final_copy_bandwidth_mib_s": learned}
     if overhead_ms is not None:
         tuning["switchover_overhead_ms"] = overhead_ms
+    compression = None
+    if parameters.compression in planner.STREAM_COMPRESSORS:
+        compression = learned_compression(vm.host.name, parameters.compression) or {
+            "method": parameters.compression,
+            "samples": 0,
+            "ratio": None,
+            "compress_mib_s": None,
+        }
+        tuning["compression_ratio"] = compression["ratio"]
+        tuning["compress_mib_s"] = compression["compress_mib_s"]
     return {
         "available": True,
         "series": series,
@@ -140,6 +194,7 @@ def measured_input(
         "dirty_rate_mib_s": dirty,
         "bandwidth_source": source,
         "zero_pages_known": learned_zero is not None,
+        "compression": compression,
     }
 
 
@@ -177,6 +232,8 @@ def predict_for(
         dirty=planner.dirty_spread([m.dirty_rate_mib_s for m in series]),
         residual=(lesson.factor, lesson.low, lesson.high),
     )
+    if inp.compression in planner.STREAM_COMPRESSORS and inp.compress_mib_s is None:
+        spread = planner.widened_for_compression(inp, spread, lesson.high)
     plan = result.as_dict()
     model_total_s = plan["total_time_s"]
     if result.verdict is not planner.Verdict.WILL_NOT_CONVERGE:
@@ -191,6 +248,7 @@ def predict_for(
         "disk_mib": round(inp.disk_mib, 1),
         "disk_copy_s": round(planner.disk_copy_s(inp), 1),
         "zero_pages_known": measured["zero_pages_known"],
+        "compression": measured["compression"],
         "plan": plan,
         # The model's own figure: what the next migration's lesson is measured against.
         "model_total_time_s": model_total_s,
