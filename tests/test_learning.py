@@ -81,11 +81,27 @@ def _finished(vm, host, *, model_s: float, actual_s: float, destination="b", **p
         source_name=host.name,
         destination_name=destination,
         parameters=parameters,
-        prediction={"available": True, "model_total_time_s": model_s, "plan": {"total_time_s": model_s}},
+        prediction={
+            "available": True,
+            "model_total_time_s": model_s,
+            "model_version": planner.MODEL_VERSION,
+            "plan": {"total_time_s": model_s},
+        },
     )
     m.claim(1, "h")
     m.finish({"time_elapsed": int(actual_s * 1000), "data_processed": 2**20})
     return m
+
+
+def test_a_residual_of_another_model_version_does_not_count(vm, test_host):
+    m = _finished(vm, test_host, model_s=10, actual_s=12)
+    assert learning.residual(m) == pytest.approx(1.2)
+    m.prediction.pop("model_version")  # a record from before versions were kept
+    assert learning.residual(m) is None
+    m.prediction["model_version"] = planner.MODEL_VERSION - 1
+    assert learning.residual(m) is None
+    Migration.objects.filter(pk=m.pk).update(prediction=m.prediction)
+    assert learning.learned(test_host.name, "b", "pre-copy").samples == 0
 
 
 def test_it_learns_per_host_pair_and_option_then_from_every_pair(vm, test_host):
@@ -177,8 +193,9 @@ def test_the_host_page_shows_what_compression_taught(vm, test_host, login):
     m.claim(1, "h")
     m.finish({"time_elapsed": 9000, "memory_processed": 50 * 2**20, "memory_total": 2**27, "memory_constant": 2**15})
     page = login("operator").get(reverse("hosts:detail", args=[test_host.pk])).content.decode()
-    # 100 MiB of pages in 50 MiB sent; 9 s, of which 50 MiB at 16 MiB/s took 3.125 s.
-    assert 'id="compression-learned"' in page and "2.00 MiB" in page and "17 MiB/s" in page
+    # 100 MiB of pages in 50 MiB sent; 9 s, of which 50 MiB at 16 MiB/s took 3.125 s:
+    # the threads handled 128 MiB of zero pages and 100 MiB of data in 5.875 s.
+    assert 'id="compression-learned"' in page and "2.00 MiB" in page and "39 MiB/s" in page
     assert (
         'id="compression-learned"'
         not in login("security").get(reverse("hosts:detail", args=[test_host.pk])).content.decode()

@@ -280,6 +280,9 @@ def test_compressing_and_sending_take_turns_once_the_threads_pace_is_known():
     base = PlanInput(160, 0, 32, compression="mt", compression_ratio=1.6, compress_mib_s=60)
     first = plan(base).iterations_detail[0]
     assert first.duration_s == pytest.approx(160 * (1 / 60 + 1 / 51.2))
+    # Zero pages cost nothing on the wire, but pass through the threads too.
+    half_zero = plan(replace(base, memory_mib=320, zero_page_fraction=0.5)).iterations_detail[0]
+    assert half_zero.duration_s == pytest.approx(first.duration_s + 160 / 60)
     # Until the threads' pace is measured they cost nothing, and the ratio is the learned one.
     assert plan(replace(base, compress_mib_s=None)).iterations_detail[0].duration_s == pytest.approx(160 / 51.2)
     # xbzrle is no stream compressor: neither figure applies to it.

@@ -111,7 +111,8 @@ def test_it_learns_the_link_and_the_zero_pages_from_finished_migrations(vm, test
 def test_it_learns_the_compression_ratio_and_the_threads_pace(vm, test_host):
     assert learned_compression(test_host.name, "mt") is None
     # 100 MiB of pages in 62.5 MiB on the wire at a 16 MiB/s cap: sending took
-    # 3.9 s of the 5.0 s copy, so the threads worked 1.1 s for 100 MiB.
+    # 3.9 s of the 5.0 s copy, so the threads worked 1.1 s for the 256 MiB of the
+    # first pass (data and zero pages) and the 10 MiB that later passes sent.
     for vm_uuid, compression in (("vm-1", "mt"), ("vm-2", "")):
         m = make_migration(
             vm_uuid=vm_uuid,
@@ -135,7 +136,7 @@ def test_it_learns_the_compression_ratio_and_the_threads_pace(vm, test_host):
     learned = learned_compression(test_host.name, "mt")
     assert learned["samples"] == 1, "a migration without compression says nothing of it"
     assert learned["ratio"] == pytest.approx(1.6)
-    assert learned["compress_mib_s"] == pytest.approx(100 / (5.0 - 62.5 / 16), rel=1e-3)
+    assert learned["compress_mib_s"] == pytest.approx((256 + 10) / (5.0 - 62.5 / 16), rel=1e-3)
     assert learned_compression("b", "mt") is None, "per source host"
 
 
@@ -155,7 +156,8 @@ def test_a_prediction_with_compression_uses_what_was_learned(vm, test_host):
     m.finish({"time_elapsed": 9000, "memory_processed": 50 * 2**20, "memory_total": 2**27, "memory_constant": 2**15})
     second = predict_for(vm, test_host, parameters)
     assert second["compression"]["ratio"] == pytest.approx(2.0)
-    assert second["compression"]["compress_mib_s"] == pytest.approx(100 / (9.0 - 50 / 16), rel=1e-3)
+    # 128 MiB of memory, all of it zero pages at the end, and 100 MiB sent by the passes.
+    assert second["compression"]["compress_mib_s"] == pytest.approx((128 + 100) / (9.0 - 50 / 16), rel=1e-3)
     # Twice the page data per wire byte, but threads that also take their time.
     assert second["plan"]["iterations_detail"][0]["duration_s"] != first["plan"]["iterations_detail"][0]["duration_s"]
     assert first["range"]["high_s"] > first["plan"]["total_time_s"] * 1.3, "unknown pace: the range reaches no gain"

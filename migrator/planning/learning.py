@@ -25,6 +25,7 @@ from typing import Any
 
 from ..models import Migration, MigrationState
 from ..parameters import MigrationParameters
+from . import planner
 
 # The newest residuals that count; older ones describe another state of the site.
 RESIDUAL_WINDOW = 20
@@ -65,6 +66,8 @@ def residual(migration: Migration) -> float | None:
     prediction = migration.prediction or {}
     if migration.state != MigrationState.SUCCEEDED or not prediction.get("available"):
         return None
+    if prediction.get("model_version", 1) != planner.MODEL_VERSION:
+        return None  # another version of the model missed by other amounts
     if prediction.get("zero_pages_known") is False:
         # A VM's first migration: the model did not know its zero pages yet, and
         # the next prediction will; the miss would teach the wrong lesson.

@@ -29,6 +29,12 @@ from typing import Any, NamedTuple
 
 MIB = 1024 * 1024
 
+# Raised whenever the model's figures change. A residual is what one version of
+# the model missed; measured against another version's figure it would correct
+# for errors that version no longer makes (learning.residual). Records from
+# before versions were kept count as version 1.
+MODEL_VERSION = 2
+
 # QEMU defaults for auto-converge (cpu-throttle-initial/-increment, max-cpu-throttle,
 # throttle-trigger-threshold); the planner uses them as fixed constants.
 THROTTLE_INITIAL_PCT = 20
@@ -95,8 +101,9 @@ class PlanInput:
     compression: str | None = None  # "mt" | "zlib" | "zstd" | "xbzrle" | None
     # What earlier migrations with the same stream compressor (mt, zlib, zstd)
     # measured: page bytes per wire byte (None: COMPRESSION_MULTIPLIER), and the
-    # page data the source's compression threads get through per second of
-    # their own time (None: not measured yet, taken as no cost; see page_rate).
+    # MiB of guest pages the source's compression threads get through per second
+    # of their own time, zero pages included (None: not measured yet, taken as
+    # no cost; see page_rate).
     compression_ratio: float | None = None
     compress_mib_s: float | None = None
     parallel_connections: int = 1  # multifd channels
@@ -296,6 +303,12 @@ def _multipliers(inp: PlanInput) -> tuple[float, float]:
     return (1.0 if compression == "xbzrle" else mult), mult
 
 
+def _compress_pace(inp: PlanInput) -> float | None:
+    if inp.compress_mib_s is not None and (inp.compression or "") in STREAM_COMPRESSORS:
+        return inp.compress_mib_s
+    return None
+
+
 def page_rate(inp: PlanInput, wire_mib_s: float, mult: float) -> float:
     """Page data copied per second: the wire's bytes times what compression
     packs into each, slowed by the compression threads. Each thread holds one
@@ -303,9 +316,17 @@ def page_rate(inp: PlanInput, wire_mib_s: float, mult: float) -> float:
     sends, which the bandwidth limit paces: compressing and sending take turns,
     so their times add (1 MiB of pages costs 1/compress + 1/(wire x ratio))."""
     rate = wire_mib_s * mult
-    if inp.compress_mib_s is not None and (inp.compression or "") in STREAM_COMPRESSORS:
-        rate = 1.0 / (1.0 / rate + 1.0 / inp.compress_mib_s)
+    if (pace := _compress_pace(inp)) is not None:
+        rate = 1.0 / (1.0 / rate + 1.0 / pace)
     return rate
+
+
+def zero_pages_s(inp: PlanInput) -> float:
+    """What the first pass spends on zero pages: nothing on the wire, but with
+    a stream compressor they pass through the compression threads too (QEMU
+    finds them zero there), one page at a time like the others."""
+    pace = _compress_pace(inp)
+    return inp.memory_mib * inp.zero_page_fraction / pace if pace else 0.0
 
 
 def _result(
@@ -409,7 +430,7 @@ def _simulate(inp: PlanInput) -> Plan:
         return on_timeout(inp.memory_mib)
     while True:
         bw = page_rate(inp, wire, first_mult if n == 0 else later_mult)
-        duration = to_send / bw
+        duration = to_send / bw + (zero_pages_s(inp) if n == 0 else 0.0)
         if timeout is not None and elapsed + duration > timeout:
             # Timeout strikes mid-pass: the unsent part of this pass plus what was dirtied
             # since it began is pending (overlap counted twice: conservative).

@@ -51,10 +51,11 @@ def learned_compression(source_name: str, method: str) -> dict[str, Any] | None:
     """What earlier migrations from the same host with the same stream
     compressor measured: `ratio`, page data per wire byte (the page data of
     each record's plan, or at least its first pass, over the wire bytes libvirt
-    counted), and `compress_mib_s`, page data per second of the compression
-    threads' own time: what the copy took beyond sending its wire bytes at
-    the cap, or at the link's learned speed (planner.page_rate adds the two
-    back). None when no such migration finished."""
+    counted), and `compress_mib_s`, the MiB of guest pages (zero pages too:
+    they pass through the threads) per second of the compression threads' own
+    time: what the copy took beyond sending its wire bytes at the cap, or at
+    the link's learned speed (planner.page_rate adds the two back). None when
+    no such migration finished."""
     rows = Migration.objects.filter(
         state=MigrationState.SUCCEEDED, source_name=source_name, parameters__compression=method
     ).order_by("-finished_at")[:20]
@@ -64,7 +65,8 @@ def learned_compression(source_name: str, method: str) -> dict[str, Any] | None:
         stats = m.final_stats or {}
         wire_mib = (stats.get("memory_processed") or 0) / MIB
         page = stats.get("memory_page_size") or 4096
-        first_pass_mib = ((stats.get("memory_total") or 0) - (stats.get("memory_constant") or 0) * page) / MIB
+        memory_mib = (stats.get("memory_total") or 0) / MIB
+        first_pass_mib = memory_mib - (stats.get("memory_constant") or 0) * page / MIB
         page_mib = max(float(((m.prediction or {}).get("plan") or {}).get("data_sent_mib") or 0), first_pass_mib)
         if wire_mib <= 0 or page_mib <= 0:
             continue
@@ -80,7 +82,8 @@ def learned_compression(source_name: str, method: str) -> dict[str, Any] | None:
             pace = links[m.destination_name]
         compress_s = move_s - wire_mib / pace if pace else 0.0
         if compress_s > 0.05 * move_s:
-            rates.append(page_mib / compress_s)
+            # Every page of the first pass went through the threads, then the later passes' pages.
+            rates.append((memory_mib + max(0.0, page_mib - first_pass_mib)) / compress_s)
     if not ratios:
         return None
     return {
@@ -252,6 +255,7 @@ def predict_for(
         "plan": plan,
         # The model's own figure: what the next migration's lesson is measured against.
         "model_total_time_s": model_total_s,
+        "model_version": planner.MODEL_VERSION,
         "range": spread.as_dict(),
         "learned": lesson.as_dict(),
         "form_changes": [form_changes(r, result) for r in result.recommendations],
