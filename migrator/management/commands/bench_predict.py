@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand
 
 from hosts import gateway, inventory
 from hosts.lab import DiskSpec
+from migrator.executor import reconcile
 from migrator.models import DirtyRateMeasurement
 from migrator.planning.dirtyrate import curve_windows, measure_series
 from migrator.planning.prediction import predict_for
@@ -75,11 +76,11 @@ def wilson_interval(bad: int, runs: int, z: float = 1.96) -> tuple[float, float]
 class Command(BaseCommand):
     help = (
         "Benchmark the predictor against real lab migrations: guest size × dirtying pattern × cap × "
-        "downtime × option (about 40 minutes; --quick: one case per option)."
+        "downtime × option (about 45 minutes; --quick: one case per option)."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--quick", action="store_true", help="one case per option (about 5 minutes)")
+        parser.add_argument("--quick", action="store_true", help="one case per option (about 6 minutes)")
         parser.add_argument("--options", default=",".join(OPTIONS), help="options to run, comma-separated")
         parser.add_argument("--shapes", default="", help="shape numbers to run (0-based), comma-separated; empty: all")
         parser.add_argument("--repeat", type=int, default=1)
@@ -91,6 +92,8 @@ class Command(BaseCommand):
         self.verbosity = o["verbosity"]
         lab, a, b = lab_with_hosts()
         user = bench_user()
+        # Records an earlier, interrupted run left behind would refuse the first migrations.
+        reconcile(wait_s=30)
         wanted = [name.strip() for name in o["options"].split(",") if name.strip()]
         cases = QUICK if o["quick"] else [(i, opt) for opt in wanted for i in range(len(SHAPES))]
         cases = [(i, opt) for i, opt in cases if opt in wanted]
