@@ -305,6 +305,17 @@ CASES = [
         "A",
         "connection between lab-a and lab-b was lost",
     ),
+    # The source's compression threads hold pages when the link goes: the job
+    # must still give up and the guest keep running on the source.
+    Case(
+        "link cut while compressing",
+        "idle",
+        {**SLOW, "compression": "mt"},
+        _link_long,
+        (MigrationState.FAILED,),
+        "A",
+        "connection between lab-a and lab-b was lost",
+    ),
     Case(
         "link cut in post-copy",
         "web-shared",
