@@ -55,6 +55,8 @@ def test_it_predicts_from_the_latest_series_and_the_cap(vm, test_host):
     assert prediction["plan"]["verdict"] == "converges"
     # Never migrated: every page counts as data, and the review step says so.
     assert prediction["zero_page_fraction"] == 0 and not prediction["zero_pages_known"]
+    # ...and the range reaches a first migration that finds most of the memory zero.
+    assert prediction["range"]["low_s"] < 0.5 * prediction["plan"]["total_time_s"]
 
 
 def test_it_adds_the_copied_disks_data_at_the_cap(vm, test_host):

@@ -658,6 +658,22 @@ def widened_for_compression(inp: PlanInput, spread: PredictedRange, r_high: floa
     return replace(spread, high_s=max(spread.high_s, slowest.total_time_s * r_high))
 
 
+def widened_for_unknown_zero_pages(
+    inp: PlanInput, spread: PredictedRange, r_low: float, fraction: float
+) -> PredictedRange:
+    """Before a VM's first migration nobody knows how much of its memory is
+    zero pages, which QEMU sends almost free: the estimate assumes none, and
+    the range reaches down to the migration that finds `fraction` of the
+    memory zero (a lightly used guest's first migration is often that short).
+    Zero pages only shorten the first pass, so the verdict stays."""
+    if spread.low_s is None:
+        return spread
+    emptiest = evaluate(replace(inp, zero_page_fraction=max(inp.zero_page_fraction, fraction), rate_margin=0.0))
+    if emptiest.verdict is Verdict.WILL_NOT_CONVERGE:
+        return spread
+    return replace(spread, low_s=min(spread.low_s, emptiest.total_time_s * r_low))
+
+
 def _nice_up(x: float) -> float:
     """Round up to two significant digits (1234 -> 1300) so values read well in a UI."""
     if x <= 0:

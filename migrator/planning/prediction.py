@@ -18,6 +18,8 @@ from . import learning, planner
 
 # The learned link speed needs this many finished uncapped migrations.
 LEARN_MIN_SAMPLES = 1
+# Each learned figure is taken over this many of the newest matching migrations.
+LEARN_WINDOW = 20
 # Never assume a guest is emptier than this: its next migration may find it busier.
 MAX_ZERO_PAGE_FRACTION = 0.95
 MIB = 2**20
@@ -31,7 +33,7 @@ def learned_throughput_mib_s(source_name: str, destination_name: str) -> float |
         source_name=source_name,
         destination_name=destination_name,
         avg_throughput_mib_s__isnull=False,
-    ).order_by("-finished_at")[:20]
+    ).order_by("-finished_at")[:LEARN_WINDOW]
     speeds = []
     for m in rows:
         if m.parameters.get("bandwidth_mib_s") or m.parameters.get("disks"):
@@ -58,7 +60,7 @@ def learned_compression(source_name: str, method: str) -> dict[str, Any] | None:
     no such migration finished."""
     rows = Migration.objects.filter(
         state=MigrationState.SUCCEEDED, source_name=source_name, parameters__compression=method
-    ).order_by("-finished_at")[:20]
+    ).order_by("-finished_at")[:LEARN_WINDOW]
     ratios, rates = [], []
     links: dict[str, float | None] = {}
     for m in rows:
@@ -108,7 +110,7 @@ def learned_switchover_ms(source_name: str, destination_name: str) -> float | No
             downtime_ms__gt=0,
         )
         .order_by("-finished_at")
-        .values_list("downtime_ms", flat=True)[:20]
+        .values_list("downtime_ms", flat=True)[:LEARN_WINDOW]
     )
     return float(min(downtimes)) if downtimes else None
 
@@ -237,6 +239,8 @@ def predict_for(
     )
     if inp.compression in planner.STREAM_COMPRESSORS and inp.compress_mib_s is None:
         spread = planner.widened_for_compression(inp, spread, lesson.high)
+    if not measured["zero_pages_known"]:
+        spread = planner.widened_for_unknown_zero_pages(inp, spread, lesson.low, MAX_ZERO_PAGE_FRACTION)
     plan = result.as_dict()
     model_total_s = plan["total_time_s"]
     if result.verdict is not planner.Verdict.WILL_NOT_CONVERGE:
