@@ -76,7 +76,7 @@ def wilson_interval(bad: int, runs: int, z: float = 1.96) -> tuple[float, float]
 class Command(BaseCommand):
     help = (
         "Benchmark the predictor against real lab migrations: guest size × dirtying pattern × cap × "
-        "downtime × option (about 45 minutes; --quick: one case per option)."
+        "downtime × option (26 to 45 minutes; --quick: one case per option)."
     )
 
     def add_arguments(self, parser):
