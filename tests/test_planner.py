@@ -14,6 +14,7 @@ from migrator.planning.planner import (
     PlanInput,
     Verdict,
     dirtied_mib,
+    disk_copy_s,
     evaluate,
     fit_dirty_curve,
     learned_bandwidth,
@@ -57,6 +58,15 @@ def test_it_copies_local_disks_before_the_first_pass():
     assert p.total_time_s == pytest.approx(0.3 + 4.0 + 16.0 + 0.05)
     assert p.downtime_ms == pytest.approx(50)
     assert p.data_sent_mib == pytest.approx(256)  # memory only: the disk data is counted apart
+
+
+def test_a_capped_copy_sends_the_disks_unwritten_blocks_too():
+    # 64 MiB of data and 448 MiB never written: at a 16 MiB/s cap the mirror
+    # counts all 512 MiB (32 s); uncapped, at a 16 MiB/s link, only the data (4 s).
+    capped = PlanInput(256, 0, 16, disk_mib=64, disk_unwritten_mib=448)
+    assert disk_copy_s(capped) == pytest.approx(32.0)
+    assert plan(capped).total_time_s == pytest.approx(0.3 + 32.0 + 16.0 + 0.05)
+    assert disk_copy_s(replace(capped, bandwidth_is_cap=False)) == pytest.approx(4.0)
 
 
 def test_a_timeout_counts_the_disk_copy():

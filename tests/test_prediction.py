@@ -68,10 +68,12 @@ def test_it_adds_the_copied_disks_data_at_the_cap(vm, test_host):
     shared = predict_for(vm, test_host, {"bandwidth_mib_s": 32})
     local = predict_for(vm, test_host, {"bandwidth_mib_s": 32, "disks": ["vda"]})
     both = predict_for(vm, test_host, {"bandwidth_mib_s": 32, "disks": ["vda", "vdb"]})
-    # vda holds 96 MiB (3 s at 32 MiB/s); vdb's allocation is unknown: its whole 1 GiB (32 s).
-    assert local["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(3.0, abs=0.01)
-    assert both["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(35.0, abs=0.01)
-    assert (local["disk_mib"], local["disk_copy_s"]) == (96.0, 3.0) and shared["disk_mib"] == 0
+    # vda holds 96 MiB of its 8 GiB: under the cap the mirror counts its unwritten
+    # 8096 MiB too (256 s at 32 MiB/s); vdb's allocation is unknown: its whole 1 GiB (32 s).
+    assert local["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(256.0, abs=0.01)
+    assert both["plan"]["total_time_s"] - shared["plan"]["total_time_s"] == pytest.approx(288.0, abs=0.01)
+    assert (local["disk_mib"], local["disk_unwritten_mib"], local["disk_copy_s"]) == (96.0, 8096.0, 256.0)
+    assert shared["disk_mib"] == 0
 
 
 def test_it_recommends_form_changes_when_the_vm_will_not_converge(vm, test_host):
@@ -219,3 +221,21 @@ def test_the_wizard_measures_in_the_background_and_answers_in_json(vm, login, dj
     make_migration(vm_uuid=vm.uuid)
     busy = client.post(url, {"window_s": 1, "duration_s": 5}, HTTP_ACCEPT="application/json")
     assert busy.status_code == 409 and "being migrated" in busy.json()["message"]
+
+
+def test_the_review_step_says_what_the_disks_hold():
+    from django.template.loader import render_to_string
+
+    def sentence(disk_mib, disk_copy_s, unwritten=0.0):
+        prediction = {"available": True, "plan": {"verdict": "converges"}, "disk_mib": disk_mib}
+        prediction.update(disk_copy_s=disk_copy_s, disk_unwritten_mib=unwritten)
+        return render_to_string("migrator/_prediction.html", {"prediction": prediction})
+
+    # A fresh image holds a few KiB: no "0 MiB, about 0 s".
+    assert "less than 1 MiB of data: almost no time before" in sentence(0.3, 0.0)
+    assert "hold 96 MiB of data: about 3 s before the memory starts" in sentence(96.0, 3.0)
+    assert "hold 8 MiB of data: about 0.5 s" in sentence(8.0, 0.5)
+    # Capped, the never-written rest counts too: the lab's db-local (64 MiB, empty) at 16 MiB/s.
+    capped = sentence(0.3, 4.0, unwritten=63.7)
+    assert "less than 1 MiB of data, and 64 MiB never written" in capped and "about 4 s before" in capped
+    assert 'id="disk-copy"' not in sentence(0.0, 0.0)

@@ -33,7 +33,7 @@ MIB = 1024 * 1024
 # the model missed; measured against another version's figure it would correct
 # for errors that version no longer makes (learning.residual). Records from
 # before versions were kept count as version 1.
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 
 # QEMU defaults for auto-converge (cpu-throttle-initial/-increment, max-cpu-throttle,
 # throttle-trigger-threshold); the planner uses them as fixed constants.
@@ -122,6 +122,11 @@ class PlanInput:
     # Local disks copied first (libvirt's NBD drive-mirror, under the same
     # bandwidth limit) before the memory's first pass starts.
     disk_mib: float = 0.0
+    # Their unwritten blocks. The mirror reads them as zeros and, under a cap,
+    # counts them against it like data: QEMU's mirror leaves zeros out of its
+    # rate limit only when the target can write zeroes with unmap, which the
+    # NBD client cannot tell it. Uncapped, they go as cheap write-zeroes requests.
+    disk_unwritten_mib: float = 0.0
     # A plan must still converge when the guest dirties this much more than measured
     # (see ``evaluate``); 0 judges the measured rate alone.
     rate_margin: float = RATE_MARGIN
@@ -141,8 +146,8 @@ class PlanInput:
             raise ValueError("max_downtime_ms must be >= 0 and page_size_bytes > 0")
         if not 0.0 <= self.zero_page_fraction < 1.0:
             raise ValueError("zero_page_fraction must be in [0, 1)")
-        if self.disk_mib < 0:
-            raise ValueError("disk_mib must be >= 0")
+        if self.disk_mib < 0 or self.disk_unwritten_mib < 0:
+            raise ValueError("disk_mib and disk_unwritten_mib must be >= 0")
         if (self.compression_ratio is not None and self.compression_ratio <= 0) or (
             self.compress_mib_s is not None and self.compress_mib_s <= 0
         ):
@@ -287,8 +292,9 @@ def _wire_bandwidth(inp: PlanInput) -> float:
 def disk_copy_s(inp: PlanInput) -> float:
     """Seconds to copy the local disks before memory: their data at the
     bandwidth (the mirror runs under the migration's limit; compression and
-    multifd do not apply to it)."""
-    return inp.disk_mib / inp.bandwidth_mib_s if inp.disk_mib else 0.0
+    multifd do not apply to it), and under a cap their unwritten blocks too."""
+    mib = inp.disk_mib + (inp.disk_unwritten_mib if inp.bandwidth_is_cap else 0.0)
+    return mib / inp.bandwidth_mib_s if mib else 0.0
 
 
 STREAM_COMPRESSORS = ("mt", "zlib", "zstd")

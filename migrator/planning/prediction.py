@@ -166,6 +166,7 @@ def measured_input(
             "link: set a bandwidth limit to get a prediction, or migrate once to learn the link.",
             "dirty_rate_mib_s": dirty,
         }
+    disk_mib, disk_unwritten_mib = copied_disk_mib(vm, parameters)
     # Unknown before the VM's first migration: assume every page holds data.
     learned_zero = learned_zero_page_fraction(vm.uuid)
     zero = learned_zero or 0.0
@@ -188,7 +189,8 @@ def measured_input(
         "series": series,
         "measured": {
             "memory_mib": vm.memory_kib / 1024,
-            "disk_mib": copied_disk_mib(vm, parameters),
+            "disk_mib": disk_mib,
+            "disk_unwritten_mib": disk_unwritten_mib,
             "dirty_rate_mib_s": dirty,
             "dirty_rate_curve": tuple(curve),
             "bandwidth_mib_s": bandwidth,
@@ -203,14 +205,20 @@ def measured_input(
     }
 
 
-def copied_disk_mib(vm: VirtualMachine, parameters: MigrationParameters) -> float:
-    """The data of the disks the migration copies: what each image holds
-    (its allocation; its size when the inventory does not say)."""
+def copied_disk_mib(vm: VirtualMachine, parameters: MigrationParameters) -> tuple[float, float]:
+    """The disks the migration copies: the data each image holds (its
+    allocation; its size when the inventory does not say), and the rest of
+    its size, never written."""
     chosen = set(parameters.disks)
-    data = sum(
-        int(d.get("allocation_bytes") or d.get("capacity_bytes") or 0) for d in vm.disks if d.get("target") in chosen
-    )
-    return data / MIB
+    data = unwritten = 0
+    for d in vm.disks:
+        if d.get("target") not in chosen:
+            continue
+        size = int(d.get("capacity_bytes") or 0)
+        held = int(d.get("allocation_bytes") or size)
+        data += held
+        unwritten += max(0, size - held)
+    return data / MIB, unwritten / MIB
 
 
 def planner_input_for(parameters: MigrationParameters, measured: dict[str, Any]) -> planner.PlanInput:
@@ -253,6 +261,7 @@ def predict_for(
         "bandwidth_source": measured["bandwidth_source"],
         "zero_page_fraction": round(inp.zero_page_fraction, 3),
         "disk_mib": round(inp.disk_mib, 1),
+        "disk_unwritten_mib": round(inp.disk_unwritten_mib, 1) if inp.bandwidth_is_cap else 0.0,
         "disk_copy_s": round(planner.disk_copy_s(inp), 1),
         "zero_pages_known": measured["zero_pages_known"],
         "compression": measured["compression"],
