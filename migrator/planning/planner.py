@@ -125,7 +125,8 @@ class PlanInput:
     # Their unwritten blocks. The mirror reads them as zeros and, under a cap,
     # counts them against it like data: QEMU's mirror leaves zeros out of its
     # rate limit only when the target can write zeroes with unmap, which the
-    # NBD client cannot tell it. Uncapped, they go as cheap write-zeroes requests.
+    # NBD client cannot tell it. Uncapped, only the data counts: the zeros go as
+    # write-zeroes requests, which carry none (not measured on the lab).
     disk_unwritten_mib: float = 0.0
     # A plan must still converge when the guest dirties this much more than measured
     # (see ``evaluate``); 0 judges the measured rate alone.
